@@ -1,0 +1,37 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test test-fast lint typecheck bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,bcrypt]'
+	touch $(STAMP)
+
+## Serve on the embedded default config (or CONFIG=path/to/file.yaml).
+run: $(STAMP)
+	$(BIN)/connectproxy run $(if $(CONFIG),--config $(CONFIG))
+
+## The whole test suite, plus the type and lint checks the code is held to.
+test: $(STAMP) lint typecheck
+	$(BIN)/pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check connectproxy tests
+	$(BIN)/ruff format --check connectproxy tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy connectproxy
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
