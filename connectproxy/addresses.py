@@ -1,0 +1,60 @@
+"""IP address normalisation and network membership.
+
+Two attacks hide in address forms: a source written as `::ffff:10.0.0.1` must be admitted (or not)
+exactly as `10.0.0.1`, and a destination such as `64:ff9b::7f00:1` (NAT64) or `2002:7f00:1::`
+(6to4) must be denied exactly as `127.0.0.1`. Everything here is pure.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from connectproxy.config import IPAddress, IPNetwork
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_TEREDO = ipaddress.IPv6Network("2001::/32")
+
+
+def normalise(addr: IPAddress) -> IPAddress:
+    """An IPv4-mapped IPv6 address becomes the IPv4 address it carries."""
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def parse_address(text: str) -> IPAddress:
+    """Parse a socket address string (which may carry an IPv6 zone) and normalise it."""
+    return normalise(ipaddress.ip_address(text.split("%", 1)[0]))
+
+
+def embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 transition form carries, if any."""
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    if addr in _NAT64:
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if addr.sixtofour is not None:
+        return addr.sixtofour
+    if addr in _TEREDO and addr.teredo is not None:
+        return addr.teredo[1]
+    return None
+
+
+def in_networks(addr: IPAddress, networks: Iterable[IPNetwork]) -> bool:
+    """Membership that ignores networks of the other family instead of raising."""
+    version = addr.version
+    return any(net.version == version and addr in net for net in networks)
+
+
+def is_denied(addr: IPAddress, deny: Iterable[IPNetwork]) -> bool:
+    """True if `addr`, or an IPv4 address embedded in it, lies in a denied network."""
+    deny = tuple(deny)
+    addr = normalise(addr)
+    if in_networks(addr, deny):
+        return True
+    if isinstance(addr, ipaddress.IPv6Address):
+        inner = embedded_ipv4(addr)
+        if inner is not None and in_networks(inner, deny):
+            return True
+    return False

@@ -1,0 +1,114 @@
+"""`connectproxy run`: start, serve until a signal, reload on SIGHUP, drain on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+from prometheus_client import REGISTRY, CollectorRegistry
+
+from connectproxy.auth import Authenticator
+from connectproxy.config import Config
+from connectproxy.configfile import ConfigError, summarize
+from connectproxy.logs import AccessLog, get_logger, setup_logging
+from connectproxy.metrics import Metrics
+from connectproxy.ops import OpsServer
+from connectproxy.passwords import HtpasswdError
+from connectproxy.server import Policy, Server
+
+ConfigLoader = Callable[[], Config]
+
+
+def build_policy(config: Config) -> Policy:
+    """Raises ConfigError when the htpasswd file cannot be used."""
+    try:
+        auth = Authenticator(config.users, config.htpasswd_file)
+    except (HtpasswdError, ValueError) as exc:
+        raise ConfigError(config.source, "htpasswd_file", None, str(exc)) from None
+    return Policy(config, auth)
+
+
+class App:
+    """Owns the server, the ops listener and the signal handlers of one running proxy."""
+
+    def __init__(self, config: Config, load: ConfigLoader, registry: CollectorRegistry) -> None:
+        policy = build_policy(config)
+        self.config = config
+        self.load = load
+        self.registry = registry
+        self.log = get_logger()
+        self.stopping = asyncio.Event()
+        self.ready = False
+        self.metrics = Metrics(registry)
+        self.access_log = AccessLog(config.log, report_mode=config.allow.mode == "report")
+        self.server = Server(policy, self.metrics, self.access_log)
+        self.ops: OpsServer | None = None
+
+    async def start(self) -> None:
+        for warning in self.config.warnings:
+            self.log.warning("config warning", detail=warning)
+        self.server.start()
+        if self.config.metrics.enabled:
+            assert self.config.metrics.host is not None and self.config.metrics.port is not None
+            self.ops = OpsServer(
+                self.config.metrics.host,
+                self.config.metrics.port,
+                self.registry,
+                ready=lambda: self.ready,
+            )
+            await self.ops.start()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        self.ready = True
+        self.log.info("started", config=self.config.source, policy=summarize(self.config))
+
+    def reload(self) -> None:
+        """Re-read the config; keep the old one if the new one is invalid."""
+        try:
+            config = self.load()
+            policy = build_policy(config)
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("failure").inc()
+            self.log.error("config reload failed; keeping the running config", error=str(exc))
+            return
+        old = self.config
+        self.config = config
+        self.server.swap_policy(policy)
+        self.server.update_listeners(config.listen)
+        self.access_log.report_mode = config.allow.mode == "report"
+        self.access_log.reopen()
+        if old.log != config.log:
+            setup_logging(config.log)
+        if old.metrics != config.metrics:
+            self.log.warning("metrics.listen changes take effect on restart")
+        for warning in config.warnings:
+            self.log.warning("config warning", detail=warning)
+        self.metrics.config_reloads.labels("success").inc()
+        self.log.info("config reloaded", config=config.source)
+
+    async def run_until_stopped(self) -> None:
+        await self.stopping.wait()
+        self.ready = False
+        grace = self.config.timeouts.shutdown_grace
+        self.log.info("draining", open_tunnels=len(self.server.active), grace_s=grace)
+        await self.server.drain(grace)
+        if self.ops is not None:
+            await self.ops.close()
+        self.access_log.close()
+        self.log.info("stopped")
+
+
+async def serve(config: Config, load: ConfigLoader, registry: CollectorRegistry = REGISTRY) -> int:
+    setup_logging(config.log)
+    app = App(config, load, registry)
+    try:
+        await app.start()
+    except OSError as exc:
+        get_logger().error("cannot start", error=str(exc))
+        app.server.close()
+        return 1
+    await app.run_until_stopped()
+    return 0

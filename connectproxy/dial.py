@@ -1,0 +1,129 @@
+"""Reaching a destination: resolve once, then connect to exactly the checked addresses.
+
+Resolution and connection are separate steps on purpose. The policy filters the resolved list
+(`policy.usable_addresses`), and `open_tcp` takes that list, never a name, so no second lookup
+(which DNS rebinding could answer differently) happens between the check and the connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+
+from connectproxy.addresses import normalise
+from connectproxy.config import Config, IPAddress
+from connectproxy.http import Target
+
+# RFC 8305 suggests 250 ms between connection attempts.
+HAPPY_EYEBALLS_DELAY = 0.25
+
+
+class DialError(Exception):
+    """A destination could not be reached; `status` and `outcome` say how to answer."""
+
+    def __init__(self, status: int, outcome: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.outcome = outcome
+        self.reason = reason
+
+
+async def resolve(target: Target, config: Config) -> list[IPAddress]:
+    """`destinations.hosts`, then DNS through the loop's resolver (which runs off the loop)."""
+    if target.ip is not None:
+        return [normalise(target.ip)]
+    static = config.destinations.lookup_host(target.host)
+    if static is not None:
+        return [normalise(a) for a in static]
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(
+            target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )
+    except (socket.gaierror, UnicodeError) as exc:
+        raise DialError(502, "resolve_failed", f"cannot resolve {target.host}: {exc}") from None
+    addrs: list[IPAddress] = []
+    for _family, _type, _proto, _canon, sockaddr in infos:
+        addr = normalise(ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0]))
+        if addr not in addrs:
+            addrs.append(addr)
+    if not addrs:
+        raise DialError(502, "resolve_failed", f"no addresses for {target.host}")
+    return addrs
+
+
+async def _connect_one(addr: IPAddress, port: int) -> socket.socket:
+    family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await asyncio.get_running_loop().sock_connect(sock, (str(addr), port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _connect_error(addrs: list[IPAddress], port: int, errors: list[BaseException]) -> DialError:
+    last = errors[-1] if errors else None
+    detail = last.strerror if isinstance(last, OSError) and last.strerror else str(last)
+    where = str(addrs[0]) if len(addrs) == 1 else f"{len(addrs)} addresses"
+    return DialError(502, "connect_failed", f"cannot connect to {where} port {port}: {detail}")
+
+
+async def open_tcp(addrs: list[IPAddress], port: int) -> socket.socket:
+    """Connect to the first address that answers, starting the next attempt every 250 ms while
+    earlier ones are still pending (Happy Eyeballs). The caller bounds the whole with the connect
+    timeout; cancelling closes every attempt's socket."""
+    if len(addrs) == 1:
+        try:
+            return await _connect_one(addrs[0], port)
+        except OSError as exc:
+            raise _connect_error(addrs, port, [exc]) from None
+
+    errors: list[BaseException] = []
+    pending: set[asyncio.Task[socket.socket]] = set()
+    winner: socket.socket | None = None
+    try:
+        for addr in addrs:
+            pending.add(asyncio.ensure_future(_connect_one(addr, port)))
+            done, pending = await asyncio.wait(
+                pending, timeout=HAPPY_EYEBALLS_DELAY, return_when=asyncio.FIRST_COMPLETED
+            )
+            winner = _pick(done, errors, winner)
+            if winner is not None:
+                return winner
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            winner = _pick(done, errors, winner)
+            if winner is not None:
+                return winner
+        raise _connect_error(addrs, port, errors)
+    finally:
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            try:
+                late = await task
+            except BaseException:
+                continue
+            late.close()  # finished just before the cancel reached it
+
+
+def _pick(
+    done: set[asyncio.Task[socket.socket]],
+    errors: list[BaseException],
+    winner: socket.socket | None,
+) -> socket.socket | None:
+    """Keep the first connected socket, close any others that finished in the same round."""
+    for task in done:
+        exc = task.exception()
+        if exc is not None:
+            errors.append(exc)
+        elif winner is None:
+            winner = task.result()
+        else:
+            task.result().close()
+    return winner

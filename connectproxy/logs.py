@@ -1,0 +1,185 @@
+"""Logging: the server's own events (stderr) and the access log (one event per connection).
+
+The access log is written through a buffer flushed about once a second and at close, not per line:
+at thousands of tunnels a second a write system call per line would cost more than the tunnel.
+Nothing here ever receives a password or a Proxy-Authorization value; the access record has no
+field that could hold one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import structlog
+
+from connectproxy.config import Log
+
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+
+def setup_logging(log: Log, stream: TextIO | None = None) -> None:
+    """Configure structlog for lifecycle events; called at start and on reload."""
+    renderer: structlog.types.Processor
+    if log.format == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    else:
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(log.level, logging.INFO)),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger() -> Any:
+    return structlog.get_logger("connectproxy")
+
+
+@dataclass(slots=True)
+class AccessRecord:
+    """Everything section 8 asks of one client connection. `None` becomes JSON null."""
+
+    start: float  # wall-clock time the connection was accepted
+    client_addr: str
+    client_port: int
+    client: str | None = None
+    user: str | None = None
+    target: str | None = None
+    outcome: str | None = None
+    status: int | None = None
+    upstream: str | None = None
+    server_addr: str | None = None
+    bytes_client_to_server: int = 0
+    bytes_server_to_client: int = 0
+    duration_s: float | None = None
+    connect_s: float | None = None
+    error: str | None = None
+    would_deny: bool | None = None  # only set in report mode
+    listener: str | None = None
+
+
+def _rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _access_fields(rec: AccessRecord, report_mode: bool) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "ts": _rfc3339(rec.start),
+        "client_addr": rec.client_addr,
+        "client_port": rec.client_port,
+        "client": rec.client,
+        "user": rec.user,
+        "target": rec.target,
+        "outcome": rec.outcome,
+        "status": rec.status,
+        "upstream": rec.upstream,
+        "server_addr": rec.server_addr,
+        "bytes_client_to_server": rec.bytes_client_to_server,
+        "bytes_server_to_client": rec.bytes_server_to_client,
+        "duration_s": rec.duration_s,
+        "connect_s": rec.connect_s,
+        "error": rec.error,
+    }
+    if report_mode:
+        event["would_deny"] = bool(rec.would_deny)
+    return event
+
+
+def _squid_line(rec: AccessRecord) -> str:
+    """Squid's native access.log format:
+    time elapsed_ms client code/status bytes method url user hierarchy/peer type."""
+    elapsed_ms = round((rec.duration_s or 0.0) * 1000)
+    status = rec.status or 0
+    code = (
+        "TCP_TUNNEL"
+        if rec.outcome == "established"
+        else ("TCP_DENIED" if status in (403, 407) else "NONE_NONE" if status == 0 else "TCP_MISS")
+    )
+    if rec.upstream:
+        hier = f"FIRST_UP_PARENT/{rec.upstream.split('://', 1)[-1].rsplit(':', 1)[0].strip('[]')}"
+    elif rec.server_addr:
+        hier = f"HIER_DIRECT/{rec.server_addr.rsplit(':', 1)[0].strip('[]')}"
+    else:
+        hier = "HIER_NONE/-"
+    url = rec.target or "error:invalid-request"
+    method = "CONNECT" if rec.target else "NONE"
+    return (
+        f"{rec.start:.3f} {elapsed_ms:6d} {rec.client_addr} {code}/{status:03d} "
+        f"{rec.bytes_server_to_client} {method} {url} {rec.user or '-'} {hier} -"
+    )
+
+
+class AccessLog:
+    """Buffered writer of access records to stdout ("-") or a file.
+
+    `reopen` lets log rotation work: after logrotate moves the file away, SIGHUP makes us write to
+    a fresh file at the configured path."""
+
+    def __init__(self, log: Log, report_mode: bool = False) -> None:
+        self.path = log.access_log
+        self.squid = log.access_format == "squid"
+        self.report_mode = report_mode
+        self._lines: list[str] = []
+        self._file: TextIO = self._open()
+        # structlog renders the JSON events; `self` is its "logger", collecting rendered lines.
+        self._events = structlog.wrap_logger(
+            self,
+            processors=[structlog.processors.JSONRenderer(separators=(",", ":"))],
+            wrapper_class=structlog.BoundLogger,
+        )
+
+    def msg(self, line: str) -> None:
+        """Called by structlog with a rendered line."""
+        self._lines.append(line)
+        if len(self._lines) >= 512:
+            self.flush()
+
+    def _open(self) -> TextIO:
+        if self.path == "-":
+            return sys.stdout
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        return os.fdopen(fd, "a", encoding="utf-8")
+
+    def write(self, rec: AccessRecord) -> None:
+        if self.squid:
+            self.msg(_squid_line(rec))
+        else:
+            self._events.msg("access", **_access_fields(rec, self.report_mode))
+
+    def flush(self) -> None:
+        if not self._lines:
+            return
+        text = "\n".join(self._lines) + "\n"
+        self._lines.clear()
+        try:
+            self._file.write(text)
+            self._file.flush()
+        except OSError as exc:
+            get_logger().error("access log write failed", error=str(exc), path=self.path)
+
+    def reopen(self) -> None:
+        self.flush()
+        if self.path != "-":
+            old = self._file
+            self._file = self._open()
+            old.close()
+
+    def close(self) -> None:
+        self.flush()
+        if self._file is not sys.stdout:
+            self._file.close()

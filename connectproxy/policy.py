@@ -1,0 +1,145 @@
+"""Who may open a tunnel to where: pure functions over a `Config`.
+
+Nothing here does I/O. The server reads the request, checks Basic credentials (a slow hash, done off
+the event loop by `auth.py`) and then asks `decide`; after resolving it asks `usable_addresses`.
+Keeping these pure is what lets `connectproxy explain` print exactly what the running proxy would
+do, and lets the tests cover every branch without sockets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from connectproxy.addresses import in_networks, is_denied, normalise
+from connectproxy.config import Config, IPAddress, UpstreamProxy
+from connectproxy.http import Target
+
+Route = Literal["direct", "upstream"]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """The client as admission sees it: address after PROXY protocol, and certificate names."""
+
+    addr: IPAddress
+    port: int
+    tls_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """Basic credentials the client sent, after `auth.Authenticator` checked the password."""
+
+    user: str
+    valid: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    status: int  # 200 when allowed, else the HTTP status to answer
+    outcome: str  # the metrics outcome for a refusal; "established" when allowed
+    reason: str  # one line for the client and the log; never a secret
+    client: str | None = None  # the admitting clients/users name
+    user: str | None = None  # the Basic user name, when credentials were sent
+    would_deny: bool = False  # report mode let through what enforce mode would refuse
+    route: Route = "direct"
+
+
+def _deny(
+    status: int, outcome: str, reason: str, client: str | None = None, user: str | None = None
+) -> Decision:
+    return Decision(False, status, outcome, reason, client=client, user=user)
+
+
+def admit(source: Source, credentials: Credentials | None, config: Config) -> Decision:
+    """Section 4 step 4. Credentials, when sent, decide alone: wrong ones are refused even from
+    an admitted network, so a sensor with a stale password is noticed instead of silently
+    falling back to its network admission."""
+    if credentials is not None:
+        user = credentials.user
+        if not credentials.valid:
+            return _deny(407, "auth_failed", "invalid proxy credentials", user=user)
+        networks = next((u.networks for u in config.users if u.name == user), ())
+        if networks and not in_networks(normalise(source.addr), networks):
+            return _deny(407, "auth_failed", "user not allowed from this address", user=user)
+        return Decision(True, 200, "established", "admitted by credentials", client=user, user=user)
+
+    addr = normalise(source.addr)
+    for client in config.clients:
+        if client.networks and in_networks(addr, client.networks):
+            return Decision(
+                True, 200, "established", "admitted by source address", client=client.name
+            )
+        if client.tls_names and any(n in client.tls_names for n in source.tls_names):
+            return Decision(
+                True, 200, "established", "admitted by client certificate", client=client.name
+            )
+    return _deny(407, "auth_required", "proxy authentication required")
+
+
+def destination_allowed(target: Target, config: Config) -> tuple[bool, str]:
+    """Section 4 step 5 without the report-mode twist: is the target on the allowlist?"""
+    allow = config.allow
+    if target.ip is not None:
+        if in_networks(normalise(target.ip), allow.networks):
+            return True, "address in allow.networks"
+        return False, "IP address not in allow.networks"
+    for pattern in allow.domains:
+        if pattern.matches(target.host):
+            return True, f"host matches {pattern.text}"
+    return False, "host not in allow.domains"
+
+
+def route_for(target: Target, config: Config) -> Route:
+    upstream = config.upstream
+    if upstream is None or not upstream.proxies:
+        return "direct"
+    if target.ip is None and any(p.matches(target.host) for p in upstream.direct_domains):
+        return "direct"
+    return "upstream"
+
+
+def decide(
+    target: Target, source: Source, credentials: Credentials | None, config: Config
+) -> Decision:
+    """Steps 4 and 5 of section 4, in order; the first failing step answers."""
+    admitted = admit(source, credentials, config)
+    if not admitted.allowed:
+        return admitted
+    client, user = admitted.client, admitted.user
+    if target.port not in config.allow.ports:
+        return _deny(403, "forbidden", f"port {target.port} not allowed", client, user)
+    ok, why = destination_allowed(target, config)
+    if ok or config.allow.mode == "report":
+        return Decision(
+            True,
+            200,
+            "established",
+            why if ok else f"{why} (report mode)",
+            client=client,
+            user=user,
+            would_deny=not ok,
+            route=route_for(target, config),
+        )
+    return _deny(403, "forbidden", f"destination not allowed: {why}", client, user)
+
+
+def usable_addresses(addrs: list[IPAddress], config: Config) -> list[IPAddress]:
+    """Step 6: drop every resolved address in `destinations.deny_networks`, keeping order.
+
+    The tunnel connects to exactly what this returns, so a DNS answer cannot change between the
+    check and the connect."""
+    deny = config.destinations.deny_networks
+    seen: set[IPAddress] = set()
+    out: list[IPAddress] = []
+    for addr in addrs:
+        if addr not in seen and not is_denied(addr, deny):
+            seen.add(addr)
+            out.append(addr)
+    return out
+
+
+def upstream_label(proxy: UpstreamProxy | None) -> str | None:
+    return None if proxy is None else proxy.name

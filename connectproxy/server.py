@@ -1,0 +1,563 @@
+"""The thin I/O layer: accept, read the head, ask the policy, connect, hand over to the tunnel.
+
+Sockets are plain non-blocking sockets driven by the event loop, not asyncio streams or transports:
+the tunnel needs the raw descriptors for `splice(2)`, and owning them from accept to close keeps
+one code path for every connection. Each connection is one task; its whole life is the single
+function `_serve`, which a reader can follow top to bottom in the order of SPEC section 4.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import resource
+import socket
+import time
+from dataclasses import dataclass, field
+
+from connectproxy import proxyproto
+from connectproxy.addresses import parse_address
+from connectproxy.auth import Authenticator
+from connectproxy.config import Config, IPAddress, Listener
+from connectproxy.dial import DialError, open_tcp, resolve
+from connectproxy.http import (
+    ALLOW_CONNECT,
+    ESTABLISHED,
+    PROXY_AUTHENTICATE,
+    Request,
+    RequestError,
+    error_response,
+    find_head_end,
+    parse_basic_credentials,
+    parse_head,
+)
+from connectproxy.logs import AccessLog, AccessRecord, get_logger
+from connectproxy.metrics import Metrics
+from connectproxy.policy import Credentials, Decision, Source, decide, usable_addresses
+from connectproxy.tunnel import CHUNK, PipePool, Tunnel, splice_available
+
+ACCEPT_BATCH = 64  # accepts per readiness event, so one busy listener cannot starve the loop
+BYTES_FLUSH_INTERVAL = 2.0  # seconds between moves of live tunnel byte counts into metrics
+FDS_PER_CONNECTION = 2
+FDS_RESERVED = 64  # listeners, logs, pipes in flight, the resolver's threads
+
+
+class _Closed(Exception):
+    """The connection ends without an HTTP answer (client gone, bad PROXY header)."""
+
+    def __init__(self, outcome: str, reason: str) -> None:
+        super().__init__(reason)
+        self.outcome = outcome
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A config and the authenticator built for it, swapped together on reload."""
+
+    config: Config
+    auth: Authenticator
+
+
+@dataclass(eq=False)
+class _Active:
+    """A running tunnel and how much of its byte counts has reached the metrics."""
+
+    tunnel: Tunnel
+    client: str
+    flushed_up: int = 0
+    flushed_down: int = 0
+
+
+@dataclass
+class _Listening:
+    listener: Listener
+    sock: socket.socket
+    paused: bool = False
+
+
+def raise_fd_limit() -> int:
+    """Raise the descriptor soft limit to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def connection_capacity(fd_limit: int) -> int:
+    return max(1, (fd_limit - FDS_RESERVED) // FDS_PER_CONNECTION)
+
+
+def bind_listener(
+    listener: Listener, all_listeners: tuple[Listener, ...], reuse_port: bool
+) -> socket.socket:
+    infos = socket.getaddrinfo(
+        listener.host, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    family, _, _, _, sockaddr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            # "[::]:P" is dual-stack unless an IPv4 listener wants the same port.
+            v4_same_port = any(o.port == listener.port and ":" not in o.host for o in all_listeners)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v4_same_port))
+        sock.bind(sockaddr)
+        sock.listen(4096)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass
+class Server:
+    policy: Policy
+    metrics: Metrics
+    access_log: AccessLog
+    reuse_port: bool = False
+    max_connections: int = 0  # after clamping to the descriptor limit
+    connections: int = 0
+    draining: bool = False
+    listening: list[_Listening] = field(default_factory=list)
+    per_source: dict[IPAddress, int] = field(default_factory=dict)
+    active: set[_Active] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.log = get_logger()
+        self.pipes = PipePool() if splice_available else None
+        self.buffer = memoryview(bytearray(CHUNK))
+        self._flusher: asyncio.TimerHandle | None = None
+        self._log_flusher: asyncio.TimerHandle | None = None
+        self.apply_limits(self.policy.config)
+
+    @property
+    def config(self) -> Config:
+        return self.policy.config
+
+    def apply_limits(self, config: Config) -> None:
+        capacity = connection_capacity(raise_fd_limit())
+        wanted = config.limits.max_connections
+        if wanted > capacity:
+            self.log.warning(
+                "max_connections clamped to the open-file limit",
+                configured=wanted,
+                effective=capacity,
+            )
+        self.max_connections = min(wanted, capacity)
+
+    # ---- listening -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for listener in self.config.listen:
+            self._listen(listener)
+        self._flusher = self.loop.call_later(BYTES_FLUSH_INTERVAL, self._flush_bytes_tick)
+        self._log_flusher = self.loop.call_later(1.0, self._flush_log_tick)
+
+    def _listen(self, listener: Listener) -> None:
+        sock = bind_listener(listener, self.config.listen, self.reuse_port)
+        entry = _Listening(listener, sock)
+        self.listening.append(entry)
+        self.loop.add_reader(sock.fileno(), self._on_acceptable, entry)
+        self.log.info(
+            "listening",
+            address=listener.address,
+            proxy_protocol=listener.proxy_protocol,
+            tls=listener.tls is not None,
+        )
+
+    def stop_listening(self, entry: _Listening | None = None) -> None:
+        for item in [entry] if entry else list(self.listening):
+            if not item.paused:
+                self.loop.remove_reader(item.sock.fileno())
+            item.sock.close()
+            self.listening.remove(item)
+
+    def update_listeners(self, wanted: tuple[Listener, ...]) -> None:
+        """Apply a reload's listener changes: removed ones stop accepting, new ones start."""
+        for entry in list(self.listening):
+            if entry.listener not in wanted:
+                self.log.info("listener removed", address=entry.listener.address)
+                self.stop_listening(entry)
+        present = [e.listener for e in self.listening]
+        for listener in wanted:
+            if listener not in present:
+                try:
+                    self._listen(listener)
+                except OSError as exc:
+                    self.log.error("cannot listen", address=listener.address, error=str(exc))
+
+    def bound_addresses(self) -> list[tuple[str, int]]:
+        return [e.sock.getsockname()[:2] for e in self.listening]
+
+    def _on_acceptable(self, entry: _Listening) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, peer = entry.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._pause_accepting(entry, exc)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue
+                self.log.error("accept failed", error=str(exc))
+                return
+            self._accepted(sock, peer, entry.listener)
+
+    def _pause_accepting(self, entry: _Listening, exc: OSError) -> None:
+        """Out of descriptors: stop accepting for a moment instead of spinning on a listener
+        that stays readable, and try again once some connections may have closed."""
+        self.log.error(
+            "accept paused: out of file descriptors",
+            error=exc.strerror,
+            open_connections=self.connections,
+        )
+        entry.paused = True
+        self.loop.remove_reader(entry.sock.fileno())
+
+        def resume() -> None:
+            if entry in self.listening and entry.paused:
+                entry.paused = False
+                self.loop.add_reader(entry.sock.fileno(), self._on_acceptable, entry)
+
+        self.loop.call_later(0.25, resume)
+
+    def _accepted(self, sock: socket.socket, peer: tuple[str, int], listener: Listener) -> None:
+        sock.setblocking(False)
+        if sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.connections >= self.max_connections or self.draining:
+            self._refuse_overloaded(sock, peer, "too many connections")
+            return
+        self.connections += 1
+        self.metrics.connections_active.inc()
+        task = self.loop.create_task(self._serve(sock, peer, listener))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _refuse_overloaded(self, sock: socket.socket, peer: tuple[str, int], reason: str) -> None:
+        rec = AccessRecord(
+            start=time.time(),
+            client_addr=peer[0],
+            client_port=peer[1],
+            outcome="overloaded",
+            status=503,
+            error=reason,
+            duration_s=0.0,
+        )
+        _send_quietly(sock, error_response(503, reason))
+        sock.close()
+        self._finish_record(rec)
+
+    # ---- one connection ---------------------------------------------------------------------
+
+    async def _serve(self, sock: socket.socket, peer: tuple[str, int], listener: Listener) -> None:
+        policy = self.policy
+        config = policy.config
+        loop = self.loop
+        began = loop.time()
+        rec = AccessRecord(
+            start=time.time(), client_addr=peer[0], client_port=peer[1], listener=listener.address
+        )
+        source_addr = parse_address(peer[0])
+        counted_source: IPAddress | None = None
+        server_sock: socket.socket | None = None
+        try:
+            try:
+                async with asyncio.timeout(config.timeouts.handshake):
+                    buf = b""
+                    if listener.proxy_protocol != "off":
+                        buf, source_addr, port = await self._read_proxy_header(
+                            sock, listener, source_addr, peer[1]
+                        )
+                        rec.client_addr, rec.client_port = str(source_addr), port
+                    if (
+                        self.per_source.get(source_addr, 0)
+                        >= config.limits.max_connections_per_source
+                    ):
+                        raise DialError(503, "overloaded", "too many connections from this source")
+                    self.per_source[source_addr] = self.per_source.get(source_addr, 0) + 1
+                    counted_source = source_addr
+                    request, early = await self._read_request(sock, buf, config)
+            except TimeoutError:
+                if listener.proxy_protocol != "off" and counted_source is None:
+                    raise _Closed("handshake_timeout", "no PROXY protocol header in time") from None
+                raise RequestError(408, "timed out waiting for the request") from None
+
+            target = request.target
+            rec.target = target.authority
+            credentials = await self._credentials(request, policy)
+            decision = decide(target, Source(source_addr, rec.client_port), credentials, config)
+            rec.client, rec.user = decision.client, decision.user
+            if not decision.allowed:
+                self._answer(
+                    sock,
+                    decision.status,
+                    decision.reason,
+                    rec,
+                    decision.outcome,
+                    PROXY_AUTHENTICATE if decision.status == 407 else (),
+                )
+                return
+            if decision.would_deny:
+                rec.would_deny = True
+                self.metrics.would_deny.labels(decision.client or "-").inc()
+            elif config.allow.mode == "report":
+                rec.would_deny = False
+
+            connect_began = loop.time()
+            server_sock, early_reply = await self._open(decision, request, config, rec)
+            _send_established(sock)
+            if early_reply:
+                await loop.sock_sendall(sock, early_reply)
+            if early:
+                await loop.sock_sendall(server_sock, early)
+            rec.connect_s = round(loop.time() - connect_began, 6)
+            self.metrics.connect_seconds.observe(loop.time() - connect_began)
+            rec.outcome, rec.status = "established", 200
+            self.metrics.requests.labels("established").inc()
+            await self._run_tunnel(sock, server_sock, decision, config, rec, len(early))
+            server_sock = None  # the tunnel closed it
+        except RequestError as exc:
+            extra = ALLOW_CONNECT if exc.status == 405 else ()
+            self._answer(sock, exc.status, exc.reason, rec, exc.outcome, extra)
+        except DialError as exc:
+            self._answer(sock, exc.status, exc.reason, rec, exc.outcome)
+        except _Closed as exc:
+            rec.outcome, rec.error = exc.outcome, exc.reason
+            self.metrics.requests.labels(exc.outcome).inc()
+        except OSError as exc:
+            # The client went away while we were answering or connecting.
+            if rec.outcome is None:
+                rec.outcome = "bad_request"
+                self.metrics.requests.labels("bad_request").inc()
+            rec.error = rec.error or f"client connection error: {exc.strerror or exc}"
+        finally:
+            if server_sock is not None:
+                server_sock.close()
+            if sock.fileno() >= 0:
+                sock.close()
+            if counted_source is not None:
+                left = self.per_source[counted_source] - 1
+                if left:
+                    self.per_source[counted_source] = left
+                else:
+                    del self.per_source[counted_source]
+            self.connections -= 1
+            self.metrics.connections_active.dec()
+            rec.duration_s = round(loop.time() - began, 6)
+            self.access_log.write(rec)
+
+    async def _read_proxy_header(
+        self, sock: socket.socket, listener: Listener, peer_addr: IPAddress, peer_port: int
+    ) -> tuple[bytes, IPAddress, int]:
+        mode = listener.proxy_protocol
+        assert mode != "off"
+        buf = b""
+        while True:
+            try:
+                header = proxyproto.parse_proxy_header(buf, mode)
+            except proxyproto.ProxyHeaderError as exc:
+                self.metrics.handshake_failures.labels("proxy_protocol").inc()
+                raise _Closed("bad_request", f"invalid PROXY protocol header: {exc}") from None
+            if header is not None:
+                rest = buf[header.length :]
+                if header.source is None:
+                    return rest, peer_addr, peer_port
+                return rest, parse_address(str(header.source[0])), header.source[1]
+            chunk = await self.loop.sock_recv(sock, 4096)
+            if not chunk:
+                raise _Closed("bad_request", "closed before a PROXY protocol header")
+            buf += chunk
+
+    async def _read_request(
+        self, sock: socket.socket, buf: bytes, config: Config
+    ) -> tuple[Request, bytes]:
+        limit = config.limits.max_request_bytes
+        data = bytearray(buf)
+        while True:
+            if data:
+                end = find_head_end(data, limit)
+                if end >= 0:
+                    return parse_head(bytes(data[:end])), bytes(data[end:])
+            chunk = await self.loop.sock_recv(sock, max(limit, 4096))
+            if not chunk:
+                raise _Closed("bad_request", "client closed before completing a request")
+            data += chunk
+
+    async def _credentials(self, request: Request, policy: Policy) -> Credentials | None:
+        value = request.proxy_authorization
+        if value is None:
+            return None
+        parsed = parse_basic_credentials(value)
+        if parsed is None:
+            return Credentials("", valid=False)
+        user, password = parsed
+        return Credentials(user, valid=await policy.auth.verify(user, password))
+
+    async def _open(
+        self, decision: Decision, request: Request, config: Config, rec: AccessRecord
+    ) -> tuple[socket.socket, bytes]:
+        """Open the server side: directly, or through an upstream proxy. Returns the socket and
+        any bytes the upstream already sent past its 200 (they belong to the tunnel)."""
+        target = request.target
+        stage = "resolve"
+        try:
+            async with asyncio.timeout(config.timeouts.connect):
+                addrs = await resolve(target, config)
+                usable = usable_addresses(addrs, config)
+                if not usable:
+                    raise DialError(403, "forbidden", "destination address is not allowed")
+                stage = "connect"
+                sock = await open_tcp(usable, target.port)
+        except TimeoutError:
+            if stage == "resolve":
+                raise DialError(
+                    504, "resolve_failed", f"resolving {target.host} timed out"
+                ) from None
+            raise DialError(
+                504, "connect_timeout", f"connecting to {target.authority} timed out"
+            ) from None
+        peer = sock.getpeername()
+        rec.server_addr = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
+        return sock, b""
+
+    async def _run_tunnel(
+        self,
+        client: socket.socket,
+        server: socket.socket,
+        decision: Decision,
+        config: Config,
+        rec: AccessRecord,
+        early_bytes: int,
+    ) -> None:
+        label = decision.client or "-"
+        tunnel = Tunnel(
+            self.loop,
+            client,
+            server,
+            idle_timeout=config.timeouts.idle,
+            pipes=self.pipes,
+            buffer=self.buffer,
+        )
+        tunnel.upstream.count = early_bytes
+        active = _Active(tunnel, label)
+        self.active.add(active)
+        gauge = self.metrics.tunnels_active.labels(label)
+        gauge.inc()
+        started = self.loop.time()
+        try:
+            await tunnel.run()
+        finally:
+            self.active.discard(active)
+            gauge.dec()
+            self._flush_bytes(active)
+            self.metrics.tunnel_seconds.observe(self.loop.time() - started)
+            rec.bytes_client_to_server = tunnel.bytes_client_to_server
+            rec.bytes_server_to_client = tunnel.bytes_server_to_client
+            rec.error = tunnel.error
+
+    def _answer(
+        self,
+        sock: socket.socket,
+        status: int,
+        reason: str,
+        rec: AccessRecord,
+        outcome: str,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        rec.status, rec.outcome, rec.error = status, outcome, reason
+        self.metrics.requests.labels(outcome).inc()
+        _send_quietly(sock, error_response(status, reason, headers))
+
+    def _finish_record(self, rec: AccessRecord) -> None:
+        self.metrics.requests.labels(rec.outcome or "bad_request").inc()
+        self.access_log.write(rec)
+
+    # ---- periodic work ----------------------------------------------------------------------
+
+    def _flush_bytes(self, active: _Active) -> None:
+        tunnel = active.tunnel
+        up, down = tunnel.bytes_client_to_server, tunnel.bytes_server_to_client
+        if up > active.flushed_up:
+            self.metrics.tunnel_bytes.labels(active.client, "client_to_server").inc(
+                up - active.flushed_up
+            )
+            active.flushed_up = up
+        if down > active.flushed_down:
+            self.metrics.tunnel_bytes.labels(active.client, "server_to_client").inc(
+                down - active.flushed_down
+            )
+            active.flushed_down = down
+
+    def _flush_bytes_tick(self) -> None:
+        for active in self.active:
+            self._flush_bytes(active)
+        self._flusher = self.loop.call_later(BYTES_FLUSH_INTERVAL, self._flush_bytes_tick)
+
+    def _flush_log_tick(self) -> None:
+        self.access_log.flush()
+        self._log_flusher = self.loop.call_later(1.0, self._flush_log_tick)
+
+    # ---- reload and shutdown ----------------------------------------------------------------
+
+    def swap_policy(self, policy: Policy) -> None:
+        """New requests use `policy`; running connections keep the one they started with."""
+        old = self.policy
+        self.policy = policy
+        self.apply_limits(policy.config)
+        if old.auth is not policy.auth:
+            # Requests that began under the old policy may still be checking a password with it.
+            self.loop.call_later(old.config.timeouts.handshake + 5.0, old.auth.close)
+
+    async def drain(self, grace: float) -> None:
+        """Stop accepting, let tunnels finish for up to `grace` seconds, then close the rest."""
+        self.draining = True
+        self.stop_listening()
+        deadline = self.loop.time() + grace
+        while self.tasks and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for active in list(self.active):
+            active.tunnel.fail("shutdown")
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.close()
+
+    def close(self) -> None:
+        for handle in (self._flusher, self._log_flusher):
+            if handle is not None:
+                handle.cancel()
+        self.stop_listening()
+        if self.pipes is not None:
+            self.pipes.close()
+        self.policy.auth.close()
+        self.access_log.flush()
+
+
+def _send_quietly(sock: socket.socket, data: bytes) -> None:
+    """Best effort for error answers: the connection closes right after either way."""
+    try:
+        sock.send(data)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def _send_established(sock: socket.socket) -> None:
+    # A fresh socket's send buffer always has room for 39 bytes; anything else is a dead client.
+    sent = sock.send(ESTABLISHED)
+    if sent != len(ESTABLISHED):
+        raise OSError(errno.EAGAIN, "could not send the 200 response")
