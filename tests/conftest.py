@@ -1,0 +1,63 @@
+"""Shared fixtures: a test CA, origin servers, and connectproxy processes."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from tests.support import HTTPSOrigin, OriginServer, ProxyProcess
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture()
+def origin() -> Iterator[OriginServer]:
+    with OriginServer() as server:
+        yield server
+
+
+@pytest.fixture()
+def https_origin(ca: trustme.CA) -> Iterator[HTTPSOrigin]:
+    cert = ca.issue_cert("sensor.azure-devices.net", "download.microsoft.com", "127.0.0.1")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(ctx)
+    with HTTPSOrigin(ctx) as server:
+        yield server
+
+
+ProxyFactory = Callable[..., ProxyProcess]
+
+
+@pytest.fixture()
+def make_proxy(tmp_path: Path) -> Iterator[ProxyFactory]:
+    """Start connectproxy processes on configs; every one is stopped (by PID) at teardown."""
+    started: list[ProxyProcess] = []
+    count = 0
+
+    def factory(config: dict[str, Any], start: bool = True, **kw: Any) -> ProxyProcess:
+        nonlocal count
+        count += 1
+        workdir = tmp_path / f"proxy{count}"
+        workdir.mkdir()
+        proxy = ProxyProcess(config, workdir, **kw)
+        started.append(proxy)
+        return proxy.start() if start else proxy
+
+    yield factory
+    for proxy in started:
+        proxy.stop()
