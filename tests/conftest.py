@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 import trustme
+import uvloop
 
 from tests.support import HTTPSOrigin, OriginServer, ProxyProcess
 
@@ -61,3 +63,8 @@ def make_proxy(tmp_path: Path) -> Iterator[ProxyFactory]:
     yield factory
     for proxy in started:
         proxy.stop()
+
+
+def pytest_asyncio_loop_factories() -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """In-process async tests run on uvloop, the loop the server runs on."""
+    return {"uvloop": uvloop.new_event_loop}

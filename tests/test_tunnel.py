@@ -1,0 +1,185 @@
+"""The tunnel on its own, in both modes: splice(2) through pooled pipes, and the copy fallback used
+for TLS sockets and systems without splice. Real connected TCP sockets on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import socket
+
+import pytest
+
+from connectproxy.tunnel import CHUNK, PipePool, Tunnel, splice_available
+
+MODES = ["splice", "copy"] if splice_available else ["copy"]
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+    for s in (a, b):
+        s.setblocking(False)
+    return a, b
+
+
+async def make_tunnel(
+    mode: str, idle: float = 30.0
+) -> tuple[Tunnel, socket.socket, socket.socket, PipePool | None]:
+    """client_end <-> [proxy_client | tunnel | proxy_server] <-> server_end"""
+    client_end, proxy_client = tcp_pair()
+    proxy_server, server_end = tcp_pair()
+    pool = PipePool() if mode == "splice" else None
+    tunnel = Tunnel(
+        asyncio.get_running_loop(),
+        proxy_client,
+        proxy_server,
+        idle_timeout=idle,
+        pipes=pool,
+        buffer=memoryview(bytearray(CHUNK)),
+    )
+    return tunnel, client_end, server_end, pool
+
+
+async def send_all(sock: socket.socket, data: bytes) -> None:
+    await asyncio.get_running_loop().sock_sendall(sock, data)
+
+
+async def recv_until_eof(sock: socket.socket) -> bytes:
+    loop = asyncio.get_running_loop()
+    out = bytearray()
+    while data := await loop.sock_recv(sock, 1 << 16):
+        out += data
+    return bytes(out)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_bytes_both_ways_and_exact_counts(mode: str) -> None:
+    tunnel, client, server, pool = await make_tunnel(mode)
+    task = asyncio.ensure_future(tunnel.run())
+    up = os.urandom(3 * 1024 * 1024 + 7)
+    down = os.urandom(2 * 1024 * 1024 + 3)
+
+    async def client_side() -> bytes:
+        await send_all(client, up)
+        client.shutdown(socket.SHUT_WR)
+        return await recv_until_eof(client)
+
+    async def server_side() -> bytes:
+        await send_all(server, down)
+        server.shutdown(socket.SHUT_WR)
+        return await recv_until_eof(server)
+
+    got_down, got_up = await asyncio.gather(client_side(), server_side())
+    await asyncio.wait_for(task, 5)
+    assert hashlib.sha256(got_up).digest() == hashlib.sha256(up).digest()
+    assert hashlib.sha256(got_down).digest() == hashlib.sha256(down).digest()
+    assert tunnel.bytes_client_to_server == len(up)
+    assert tunnel.bytes_server_to_client == len(down)
+    assert tunnel.error is None
+    assert tunnel.client.fileno() == -1 and tunnel.server.fileno() == -1
+    client.close()
+    server.close()
+    if pool is not None:
+        pool.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_half_close_keeps_the_other_direction(mode: str) -> None:
+    tunnel, client, server, pool = await make_tunnel(mode)
+    task = asyncio.ensure_future(tunnel.run())
+    loop = asyncio.get_running_loop()
+    client.shutdown(socket.SHUT_WR)
+    assert await asyncio.wait_for(loop.sock_recv(server, 10), 5) == b""  # EOF passed on
+    await send_all(server, b"late reply")
+    assert await asyncio.wait_for(loop.sock_recv(client, 100), 5) == b"late reply"
+    assert not task.done()
+    server.shutdown(socket.SHUT_WR)
+    await asyncio.wait_for(task, 5)
+    client.close()
+    server.close()
+    if pool is not None:
+        pool.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_slow_reader_stops_the_sender(mode: str) -> None:
+    """With the client not reading, the tunnel stops taking bytes from the server: what the
+    server managed to write is bounded by socket buffers plus one chunk, not by our memory."""
+    tunnel, client, server, pool = await make_tunnel(mode)
+    for s in (client, server):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    task = asyncio.ensure_future(tunnel.run())
+    written = 0
+    block = b"x" * 65536
+    for _ in range(2000):
+        try:
+            written += server.send(block)
+        except BlockingIOError:
+            await asyncio.sleep(0.01)
+            try:
+                written += server.send(block)
+            except BlockingIOError:
+                break
+    await asyncio.sleep(0.2)
+    # Kernel buffers on loopback are a few MiB at most; 128 MiB would mean we buffered it.
+    assert written < 32 * 1024 * 1024
+    assert tunnel.bytes_server_to_client <= written
+    tunnel.fail("test over")
+    await asyncio.wait_for(task, 5)
+    client.close()
+    server.close()
+    if pool is not None:
+        pool.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_idle_timeout(mode: str) -> None:
+    tunnel, client, server, pool = await make_tunnel(mode, idle=0.3)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await asyncio.wait_for(tunnel.run(), 5)
+    assert tunnel.error == "idle timeout"
+    assert 0.25 < loop.time() - began < 2
+    client.close()
+    server.close()
+    if pool is not None:
+        pool.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_reset_ends_the_tunnel_with_an_error(mode: str) -> None:
+    tunnel, client, server, pool = await make_tunnel(mode)
+    task = asyncio.ensure_future(tunnel.run())
+    await send_all(client, b"hello")
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    server.close()  # RST towards the proxy
+    await asyncio.sleep(0.05)
+    await send_all(client, b"more")  # writing into the reset socket fails
+    await asyncio.wait_for(task, 5)
+    assert tunnel.error is not None
+    client.close()
+    if pool is not None:
+        pool.close()
+
+
+async def test_idle_tunnel_holds_no_pipe() -> None:
+    """Pipes are lent only while a chunk is in flight: an idle tunnel owns just its sockets."""
+    tunnel, client, server, pool = await make_tunnel("splice")
+    assert pool is not None
+    task = asyncio.ensure_future(tunnel.run())
+    await send_all(client, b"ping")
+    loop = asyncio.get_running_loop()
+    assert await asyncio.wait_for(loop.sock_recv(server, 10), 5) == b"ping"
+    await asyncio.sleep(0.05)
+    assert tunnel.upstream.pipe is None and tunnel.downstream.pipe is None  # type: ignore[attr-defined]
+    assert len(pool._free) == 1  # returned, empty, ready for the next chunk
+    tunnel.fail("done")
+    await task
+    client.close()
+    server.close()
+    pool.close()
