@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import ipaddress
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -193,6 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `connectproxy check-config | head`: the reader left; not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     return result
 
 
