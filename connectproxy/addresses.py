@@ -32,7 +32,7 @@ def embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     """The IPv4 address an IPv6 transition form carries, if any."""
     if addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
-    if int(addr) >> 32 == 0:  # deprecated IPv4-compatible form, ::a.b.c.d
+    if int(addr) >> 32 == 0 and int(addr) > 1:  # deprecated IPv4-compatible ::a.b.c.d
         return ipaddress.IPv4Address(int(addr))
     if addr in _NAT64:
         return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)

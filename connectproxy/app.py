@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 from collections.abc import Callable
 
 from prometheus_client import REGISTRY, CollectorRegistry
@@ -16,6 +17,7 @@ from connectproxy.metrics import Metrics
 from connectproxy.ops import OpsServer
 from connectproxy.passwords import HtpasswdError
 from connectproxy.server import Policy, Server
+from connectproxy.upstream import Upstreams
 
 ConfigLoader = Callable[[], Config]
 
@@ -26,7 +28,16 @@ def build_policy(config: Config) -> Policy:
         auth = Authenticator(config.users, config.htpasswd_file)
     except (HtpasswdError, ValueError) as exc:
         raise ConfigError(config.source, "htpasswd_file", None, str(exc)) from None
-    return Policy(config, auth)
+    upstreams = None
+    if config.upstream is not None and config.upstream.proxies:
+        try:
+            upstreams = Upstreams(config.upstream)
+        except (OSError, ssl.SSLError) as exc:
+            auth.close()
+            raise ConfigError(
+                config.source, "upstream.proxies", None, f"cannot load a TLS file: {exc}"
+            ) from None
+    return Policy(config, auth, upstreams)
 
 
 class App:

@@ -12,6 +12,7 @@ import asyncio
 import errno
 import resource
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ from connectproxy.http import (
     ESTABLISHED,
     PROXY_AUTHENTICATE,
     Request,
+    Target,
     RequestError,
     error_response,
     find_head_end,
@@ -34,7 +36,9 @@ from connectproxy.http import (
 from connectproxy.logs import AccessLog, AccessRecord, get_logger
 from connectproxy.metrics import Metrics
 from connectproxy.policy import Credentials, Decision, Source, decide, usable_addresses
+from connectproxy.sockio import handshake, peer_names, recv, send_all, wait_readable
 from connectproxy.tunnel import CHUNK, PipePool, Tunnel, splice_available
+from connectproxy.upstream import Upstreams
 
 ACCEPT_BATCH = 64  # accepts per readiness event, so one busy listener cannot starve the loop
 BYTES_FLUSH_INTERVAL = 2.0  # seconds between moves of live tunnel byte counts into metrics
@@ -53,10 +57,12 @@ class _Closed(Exception):
 
 @dataclass(frozen=True)
 class Policy:
-    """A config and the authenticator built for it, swapped together on reload."""
+    """A config and what is built from it (authenticator, upstreams with their TLS contexts),
+    swapped together on reload."""
 
     config: Config
     auth: Authenticator
+    upstreams: Upstreams | None = None
 
 
 @dataclass(eq=False)
@@ -69,11 +75,25 @@ class _Active:
     flushed_down: int = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class _Listening:
     listener: Listener
     sock: socket.socket
+    tls_context: ssl.SSLContext | None = None
     paused: bool = False
+
+
+def listener_tls_context(listener: Listener) -> ssl.SSLContext | None:
+    """Built at start and on every reload, so a renewed certificate is picked up by SIGHUP."""
+    tls = listener.tls
+    if tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    if tls.client_ca_file is not None:
+        ctx.load_verify_locations(cafile=str(tls.client_ca_file))
+        ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
+    return ctx
 
 
 def raise_fd_limit() -> int:
@@ -164,8 +184,9 @@ class Server:
         self._log_flusher = self.loop.call_later(1.0, self._flush_log_tick)
 
     def _listen(self, listener: Listener) -> None:
+        ctx = listener_tls_context(listener)
         sock = bind_listener(listener, self.config.listen, self.reuse_port)
-        entry = _Listening(listener, sock)
+        entry = _Listening(listener, sock, ctx)
         self.listening.append(entry)
         self.loop.add_reader(sock.fileno(), self._on_acceptable, entry)
         self.log.info(
@@ -188,6 +209,15 @@ class Server:
             if entry.listener not in wanted:
                 self.log.info("listener removed", address=entry.listener.address)
                 self.stop_listening(entry)
+        for entry in self.listening:
+            try:
+                entry.tls_context = listener_tls_context(entry.listener)
+            except (OSError, ssl.SSLError) as exc:
+                self.log.error(
+                    "keeping the old TLS certificate",
+                    address=entry.listener.address,
+                    error=str(exc),
+                )
         present = [e.listener for e in self.listening]
         for listener in wanted:
             if listener not in present:
@@ -213,7 +243,7 @@ class Server:
                     continue
                 self.log.error("accept failed", error=str(exc))
                 return
-            self._accepted(sock, peer, entry.listener)
+            self._accepted(sock, peer, entry)
 
     def _pause_accepting(self, entry: _Listening, exc: OSError) -> None:
         """Out of descriptors: stop accepting for a moment instead of spinning on a listener
@@ -233,20 +263,23 @@ class Server:
 
         self.loop.call_later(0.25, resume)
 
-    def _accepted(self, sock: socket.socket, peer: tuple[str, int], listener: Listener) -> None:
+    def _accepted(self, sock: socket.socket, peer: tuple[str, int], entry: _Listening) -> None:
         sock.setblocking(False)
         if sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.connections >= self.max_connections or self.draining:
-            self._refuse_overloaded(sock, peer, "too many connections")
+            self._refuse_overloaded(sock, peer, "too many connections", entry.tls_context is None)
             return
         self.connections += 1
         self.metrics.connections_active.inc()
-        task = self.loop.create_task(self._serve(sock, peer, listener))
+        task = self.loop.create_task(self._serve(sock, peer, entry))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def _refuse_overloaded(self, sock: socket.socket, peer: tuple[str, int], reason: str) -> None:
+    def _refuse_overloaded(
+        self, sock: socket.socket, peer: tuple[str, int], reason: str, answer: bool
+    ) -> None:
+        """503 without reading a request; on a TLS listener just close (no TLS, no HTTP)."""
         rec = AccessRecord(
             start=time.time(),
             client_addr=peer[0],
@@ -256,59 +289,67 @@ class Server:
             error=reason,
             duration_s=0.0,
         )
-        _send_quietly(sock, error_response(503, reason))
+        if answer:
+            _send_quietly(sock, error_response(503, reason))
         sock.close()
         self._finish_record(rec)
 
     # ---- one connection ---------------------------------------------------------------------
 
-    async def _serve(self, sock: socket.socket, peer: tuple[str, int], listener: Listener) -> None:
+    async def _serve(self, sock: socket.socket, peer: tuple[str, int], entry: _Listening) -> None:
         policy = self.policy
         config = policy.config
+        listener = entry.listener
         loop = self.loop
         began = loop.time()
         rec = AccessRecord(
             start=time.time(), client_addr=peer[0], client_port=peer[1], listener=listener.address
         )
         source_addr = parse_address(peer[0])
+        source_port = peer[1]
+        tls_names: tuple[str, ...] = ()
         counted_source: IPAddress | None = None
         server_sock: socket.socket | None = None
+        stage = "proxy header" if listener.proxy_protocol != "off" else "request"
         try:
             try:
                 async with asyncio.timeout(config.timeouts.handshake):
-                    buf = b""
                     if listener.proxy_protocol != "off":
-                        buf, source_addr, port = await self._read_proxy_header(
-                            sock, listener, source_addr, peer[1]
+                        source_addr, source_port = await self._read_proxy_header(
+                            sock, listener, source_addr, source_port
                         )
-                        rec.client_addr, rec.client_port = str(source_addr), port
+                        rec.client_addr, rec.client_port = str(source_addr), source_port
                     if (
                         self.per_source.get(source_addr, 0)
                         >= config.limits.max_connections_per_source
                     ):
+                        if entry.tls_context is not None:
+                            raise _Closed("overloaded", "too many connections from this source")
                         raise DialError(503, "overloaded", "too many connections from this source")
                     self.per_source[source_addr] = self.per_source.get(source_addr, 0) + 1
                     counted_source = source_addr
-                    request, early = await self._read_request(sock, buf, config)
+                    if entry.tls_context is not None:
+                        stage = "tls"
+                        sock = entry.tls_context.wrap_socket(
+                            sock, server_side=True, do_handshake_on_connect=False
+                        )
+                        tls_names = await self._tls_handshake(sock)
+                    stage = "request"
+                    request, early = await self._read_request(sock, config)
             except TimeoutError:
-                if listener.proxy_protocol != "off" and counted_source is None:
-                    raise _Closed("handshake_timeout", "no PROXY protocol header in time") from None
-                raise RequestError(408, "timed out waiting for the request") from None
+                if stage == "request":
+                    raise RequestError(408, "timed out waiting for the request") from None
+                raise _Closed("handshake_timeout", f"timed out waiting for the {stage}") from None
 
             target = request.target
             rec.target = target.authority
             credentials = await self._credentials(request, policy)
-            decision = decide(target, Source(source_addr, rec.client_port), credentials, config)
+            source = Source(source_addr, source_port, tls_names)
+            decision = decide(target, source, credentials, config)
             rec.client, rec.user = decision.client, decision.user
             if not decision.allowed:
-                self._answer(
-                    sock,
-                    decision.status,
-                    decision.reason,
-                    rec,
-                    decision.outcome,
-                    PROXY_AUTHENTICATE if decision.status == 407 else (),
-                )
+                headers = PROXY_AUTHENTICATE if decision.status == 407 else ()
+                self._answer(sock, decision.status, decision.reason, rec, decision.outcome, headers)
                 return
             if decision.would_deny:
                 rec.would_deny = True
@@ -317,12 +358,12 @@ class Server:
                 rec.would_deny = False
 
             connect_began = loop.time()
-            server_sock, early_reply = await self._open(decision, request, config, rec)
-            _send_established(sock)
+            server_sock, early_reply = await self._open(decision, target, policy, rec)
+            await _send_established(sock)
             if early_reply:
-                await loop.sock_sendall(sock, early_reply)
+                await send_all(sock, early_reply)
             if early:
-                await loop.sock_sendall(server_sock, early)
+                await send_all(server_sock, early)
             rec.connect_s = round(loop.time() - connect_began, 6)
             self.metrics.connect_seconds.observe(loop.time() - connect_began)
             rec.outcome, rec.status = "established", 200
@@ -361,40 +402,54 @@ class Server:
 
     async def _read_proxy_header(
         self, sock: socket.socket, listener: Listener, peer_addr: IPAddress, peer_port: int
-    ) -> tuple[bytes, IPAddress, int]:
+    ) -> tuple[IPAddress, int]:
+        """Read exactly the PROXY header and nothing after it: the bytes that follow may be a TLS
+        ClientHello that the TLS layer must read from the socket itself. We peek, and consume only
+        bytes known to belong to the header."""
         mode = listener.proxy_protocol
         assert mode != "off"
-        buf = b""
+        seen = b""
         while True:
+            await wait_readable(sock)
             try:
-                header = proxyproto.parse_proxy_header(buf, mode)
+                peeked = sock.recv(proxyproto.MAX_V2, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                continue
+            if not peeked:
+                raise _Closed("bad_request", "closed before a PROXY protocol header")
+            try:
+                header = proxyproto.parse_proxy_header(seen + peeked, mode)
             except proxyproto.ProxyHeaderError as exc:
                 self.metrics.handshake_failures.labels("proxy_protocol").inc()
                 raise _Closed("bad_request", f"invalid PROXY protocol header: {exc}") from None
-            if header is not None:
-                rest = buf[header.length :]
-                if header.source is None:
-                    return rest, peer_addr, peer_port
-                return rest, parse_address(str(header.source[0])), header.source[1]
-            chunk = await self.loop.sock_recv(sock, 4096)
-            if not chunk:
-                raise _Closed("bad_request", "closed before a PROXY protocol header")
-            buf += chunk
+            if header is None:
+                seen += sock.recv(len(peeked))  # all of it is header: the header is still longer
+                continue
+            sock.recv(header.length - len(seen))
+            if header.source is None:
+                return peer_addr, peer_port
+            return parse_address(str(header.source[0])), header.source[1]
 
-    async def _read_request(
-        self, sock: socket.socket, buf: bytes, config: Config
-    ) -> tuple[Request, bytes]:
+    async def _tls_handshake(self, sock: ssl.SSLSocket) -> tuple[str, ...]:
+        try:
+            await handshake(sock)
+        except (ssl.SSLError, OSError) as exc:
+            self.metrics.handshake_failures.labels("tls").inc()
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+            raise _Closed("bad_request", f"TLS handshake failed: {reason}") from None
+        return peer_names(sock)
+
+    async def _read_request(self, sock: socket.socket, config: Config) -> tuple[Request, bytes]:
         limit = config.limits.max_request_bytes
-        data = bytearray(buf)
+        data = b""
         while True:
-            if data:
-                end = find_head_end(data, limit)
-                if end >= 0:
-                    return parse_head(bytes(data[:end])), bytes(data[end:])
-            chunk = await self.loop.sock_recv(sock, max(limit, 4096))
+            chunk = await recv(sock, max(limit, 4096))
             if not chunk:
                 raise _Closed("bad_request", "client closed before completing a request")
-            data += chunk
+            data = data + chunk if data else chunk
+            end = find_head_end(data, limit)
+            if end >= 0:
+                return parse_head(data[:end]), data[end:]
 
     async def _credentials(self, request: Request, policy: Policy) -> Credentials | None:
         value = request.proxy_authorization
@@ -407,11 +462,18 @@ class Server:
         return Credentials(user, valid=await policy.auth.verify(user, password))
 
     async def _open(
-        self, decision: Decision, request: Request, config: Config, rec: AccessRecord
+        self, decision: Decision, target: Target, policy: Policy, rec: AccessRecord
     ) -> tuple[socket.socket, bytes]:
         """Open the server side: directly, or through an upstream proxy. Returns the socket and
         any bytes the upstream already sent past its 200 (they belong to the tunnel)."""
-        target = request.target
+        config = policy.config
+        if decision.route == "upstream" and policy.upstreams is not None:
+            sock, rest, proxy = await policy.upstreams.open(
+                target, config.timeouts.connect, self.metrics
+            )
+            rec.upstream = proxy.name
+            rec.server_addr = _format_peer(sock)
+            return sock, rest
         stage = "resolve"
         try:
             async with asyncio.timeout(config.timeouts.connect):
@@ -429,8 +491,7 @@ class Server:
             raise DialError(
                 504, "connect_timeout", f"connecting to {target.authority} timed out"
             ) from None
-        peer = sock.getpeername()
-        rec.server_addr = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
+        rec.server_addr = _format_peer(sock)
         return sock, b""
 
     async def _run_tunnel(
@@ -556,8 +617,19 @@ def _send_quietly(sock: socket.socket, data: bytes) -> None:
         pass
 
 
-def _send_established(sock: socket.socket) -> None:
+async def _send_established(sock: socket.socket) -> None:
+    if isinstance(sock, ssl.SSLSocket):
+        await send_all(sock, ESTABLISHED)
+        return
     # A fresh socket's send buffer always has room for 39 bytes; anything else is a dead client.
     sent = sock.send(ESTABLISHED)
     if sent != len(ESTABLISHED):
         raise OSError(errno.EAGAIN, "could not send the 200 response")
+
+
+def _format_peer(sock: socket.socket) -> str | None:
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

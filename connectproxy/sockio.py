@@ -1,0 +1,96 @@
+"""Awaitable reads, writes and TLS handshakes on non-blocking sockets, plain or TLS.
+
+The event loop's `sock_recv`/`sock_sendall` refuse `ssl.SSLSocket`, and the handshake phase of a
+TLS listener or an `https://` upstream needs exactly those on one. These helpers wait for readiness
+with `add_reader`/`add_writer` and retry, which is also all the tunnel needs later: the socket stays
+a plain object the tunnel can drive with its own callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from typing import Any
+
+
+async def _wait(sock: socket.socket, writable: bool) -> None:
+    """Until `sock` is readable (or writable)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    if writable:
+        loop.add_writer(fd, ready)
+    else:
+        loop.add_reader(fd, ready)
+    try:
+        await fut
+    finally:
+        if writable:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+
+
+async def recv(sock: socket.socket, size: int) -> bytes:
+    """Up to `size` bytes; b"" at end of stream."""
+    if not isinstance(sock, ssl.SSLSocket):
+        return await asyncio.get_running_loop().sock_recv(sock, size)
+    while True:
+        try:
+            return sock.recv(size)
+        except ssl.SSLWantReadError:
+            await _wait(sock, writable=False)
+        except ssl.SSLWantWriteError:
+            await _wait(sock, writable=True)
+        except ssl.SSLZeroReturnError:
+            return b""
+
+
+async def send_all(sock: socket.socket, data: bytes) -> None:
+    if not isinstance(sock, ssl.SSLSocket):
+        await asyncio.get_running_loop().sock_sendall(sock, data)
+        return
+    view = memoryview(data)
+    while view:
+        try:
+            sent = sock.send(view)
+        except ssl.SSLWantWriteError:
+            await _wait(sock, writable=True)
+            continue
+        except ssl.SSLWantReadError:
+            await _wait(sock, writable=False)
+            continue
+        view = view[sent:]
+
+
+async def handshake(sock: ssl.SSLSocket) -> None:
+    while True:
+        try:
+            sock.do_handshake()
+            return
+        except ssl.SSLWantReadError:
+            await _wait(sock, writable=False)
+        except ssl.SSLWantWriteError:
+            await _wait(sock, writable=True)
+
+
+def peer_names(sock: ssl.SSLSocket) -> tuple[str, ...]:
+    """Subject CNs and DNS SANs of a verified client certificate, for `clients[].tls_names`."""
+    cert: dict[str, Any] | None = sock.getpeercert()
+    if not cert:
+        return ()
+    names: list[str] = []
+    for rdn in cert.get("subject", ()):
+        names.extend(value for key, value in rdn if key == "commonName")
+    names.extend(value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS")
+    return tuple(dict.fromkeys(names))
+
+
+async def wait_readable(sock: socket.socket) -> None:
+    await _wait(sock, writable=False)
