@@ -1,0 +1,57 @@
+# syntax=docker/dockerfile:1
+#
+# connectproxy as a container: a slim image, a non-root user, only the wheels installed.
+#
+#   docker build -t connectproxy .            (BuildKit, the default since Docker 23)
+#   docker run -d --name connectproxy -p 3128:3128 \
+#       -v "$PWD"/connectproxy.yaml:/etc/connectproxy/connectproxy.yaml:ro \
+#       --stop-timeout 35 connectproxy
+#
+# Config: /etc/connectproxy/connectproxy.yaml is read if you mount it (as above); without it the
+# embedded default serves (0.0.0.0:3128, Defender for IoT destinations, private-network
+# clients). Paths inside the config (htpasswd_file, certificates) are relative to
+# /etc/connectproxy, so mount the whole folder instead when you have such files:
+#   -v "$PWD"/connectproxy-config:/etc/connectproxy:ro
+# The proxy runs as uid 10001, so mounted files must be readable by it (mode 0644, or owned by
+# 10001). Check a config with the image itself: docker run --rm -v ...:ro connectproxy check-config
+#
+# Metrics: the metrics listener defaults to 127.0.0.1:9128, which is enough for the HEALTHCHECK
+# below (it runs inside the container). To scrape /metrics or probe /readyz from outside, set
+#   metrics:
+#     listen: "0.0.0.0:9128"
+# and publish it: -p 9128:9128. Keep the HEALTHCHECK port in step if you move the listener.
+#
+# Stopping: SIGTERM drains open tunnels for timeouts.shutdown_grace (default 30 s), but
+# `docker stop` kills after 10 s unless told otherwise: use --stop-timeout 35 (docker run) or
+# stop_grace_period: 35s (compose), i.e. shutdown_grace plus a margin.
+
+# ---- builder: resolve and build every wheel (the package and its dependencies) --------------
+FROM python:3.11-slim AS builder
+WORKDIR /src
+# .dockerignore keeps the virtualenv, git history, tests and caches out of this context.
+COPY . .
+# uvloop, PyYAML and bcrypt ship binary wheels for amd64 and arm64, so no compiler is needed;
+# on another architecture install build-essential here, never in the final stage.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[bcrypt]"
+
+# ---- final: the interpreter, the installed wheels, nothing else ---------------------------
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+RUN groupadd --system --gid 10001 connectproxy \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin connectproxy \
+ && mkdir -p /etc/connectproxy
+# Install from the builder's wheels through a bind mount, so the wheels never become a layer.
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels "connectproxy[bcrypt]"
+
+USER 10001:10001
+EXPOSE 3128 9128
+STOPSIGNAL SIGTERM
+# urllib, not curl (slim has no curl); the empty ProxyHandler ignores any http_proxy variable,
+# which would otherwise send the probe through a proxy. A non-2xx answer raises: unhealthy.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request as u; u.build_opener(u.ProxyHandler({})).open('http://127.0.0.1:9128/healthz', timeout=4)"]
+ENTRYPOINT ["connectproxy"]
+CMD ["run"]
