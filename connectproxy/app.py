@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
@@ -16,6 +18,7 @@ from connectproxy.logs import AccessLog, get_logger, setup_logging
 from connectproxy.metrics import Metrics
 from connectproxy.ops import OpsServer
 from connectproxy.passwords import HtpasswdError
+from connectproxy.sdnotify import Notifier
 from connectproxy.server import Policy, Server
 from connectproxy.upstream import Upstreams
 
@@ -40,33 +43,48 @@ def build_policy(config: Config) -> Policy:
     return Policy(config, auth, upstreams)
 
 
+@dataclass(frozen=True)
+class Role:
+    """How this process serves: alone (the default), or as one of `--workers N` processes under
+    a supervisor that owns the metrics listener, systemd notifications and reload accounting."""
+
+    reuse_port: bool = False
+    ops: bool = True
+    notify: bool = True
+    count_reloads: bool = True
+    ready_fd: int | None = None  # a worker writes one byte here once it listens
+    parent_pid: int | None = None  # a worker drains and exits if its supervisor disappears
+
+
 class App:
     """Owns the server, the ops listener and the signal handlers of one running proxy."""
 
-    def __init__(self, config: Config, load: ConfigLoader, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, config: Config, load: ConfigLoader, registry: CollectorRegistry, role: Role
+    ) -> None:
         policy = build_policy(config)
         self.config = config
         self.load = load
         self.registry = registry
+        self.role = role
         self.log = get_logger()
         self.stopping = asyncio.Event()
         self.ready = False
         self.metrics = Metrics(registry)
         self.access_log = AccessLog(config.log, report_mode=config.allow.mode == "report")
-        self.server = Server(policy, self.metrics, self.access_log)
+        self.server = Server(policy, self.metrics, self.access_log, reuse_port=role.reuse_port)
         self.ops: OpsServer | None = None
+        self.notifier = Notifier() if role.notify else Notifier({})
+        self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         for warning in self.config.warnings:
             self.log.warning("config warning", detail=warning)
         self.server.start()
-        if self.config.metrics.enabled:
-            assert self.config.metrics.host is not None and self.config.metrics.port is not None
+        metrics = self.config.metrics
+        if self.role.ops and metrics.host is not None and metrics.port is not None:
             self.ops = OpsServer(
-                self.config.metrics.host,
-                self.config.metrics.port,
-                self.registry,
-                ready=lambda: self.ready,
+                metrics.host, metrics.port, self.registry, ready=lambda: self.ready
             )
             await self.ops.start()
         loop = asyncio.get_running_loop()
@@ -75,15 +93,36 @@ class App:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.ready = True
         self.log.info("started", config=self.config.source, policy=summarize(self.config))
+        self.notifier.ready(self._status())
+        # Watchdog pings come from the loop that serves tunnels: a hung loop gets restarted.
+        self._background.append(asyncio.ensure_future(self.notifier.run_watchdog()))
+        if self.role.parent_pid is not None:
+            self._background.append(asyncio.ensure_future(self._watch_parent()))
+        if self.role.ready_fd is not None:
+            os.write(self.role.ready_fd, b"R")
+            os.close(self.role.ready_fd)
+
+    def _status(self) -> str:
+        listening = ", ".join(listener.address for listener in self.config.listen)
+        return f"serving on {listening}"
+
+    async def _watch_parent(self) -> None:
+        while os.getppid() == self.role.parent_pid:
+            await asyncio.sleep(1.0)
+        self.log.error("supervisor gone; draining")
+        self.stopping.set()
 
     def reload(self) -> None:
         """Re-read the config; keep the old one if the new one is invalid."""
+        self.notifier.reloading()
         try:
             config = self.load()
             policy = build_policy(config)
         except ConfigError as exc:
-            self.metrics.config_reloads.labels("failure").inc()
+            if self.role.count_reloads:
+                self.metrics.config_reloads.labels("failure").inc()
             self.log.error("config reload failed; keeping the running config", error=str(exc))
+            self.notifier.ready("reload failed; running the previous config")
             return
         old = self.config
         self.config = config
@@ -97,28 +136,41 @@ class App:
             self.log.warning("metrics.listen changes take effect on restart")
         for warning in config.warnings:
             self.log.warning("config warning", detail=warning)
-        self.metrics.config_reloads.labels("success").inc()
+        if self.role.count_reloads:
+            self.metrics.config_reloads.labels("success").inc()
         self.log.info("config reloaded", config=config.source)
+        self.notifier.ready(self._status())
 
     async def run_until_stopped(self) -> None:
         await self.stopping.wait()
         self.ready = False
+        self.notifier.stopping()
         grace = self.config.timeouts.shutdown_grace
         self.log.info("draining", open_tunnels=len(self.server.active), grace_s=grace)
+        self.notifier.status(f"draining {len(self.server.active)} tunnels")
         await self.server.drain(grace)
         if self.ops is not None:
             await self.ops.close()
         self.access_log.close()
+        for task in self._background:
+            task.cancel()
+        self.notifier.close()
         self.log.info("stopped")
 
 
-async def serve(config: Config, load: ConfigLoader, registry: CollectorRegistry = REGISTRY) -> int:
+async def serve(
+    config: Config,
+    load: ConfigLoader,
+    registry: CollectorRegistry = REGISTRY,
+    role: Role = Role(),
+) -> int:
     setup_logging(config.log)
-    app = App(config, load, registry)
+    app = App(config, load, registry, role)
     try:
         await app.start()
     except OSError as exc:
         get_logger().error("cannot start", error=str(exc))
+        app.notifier.status(f"cannot start: {exc}")
         app.server.close()
         return 1
     await app.run_until_stopped()

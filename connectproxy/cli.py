@@ -10,6 +10,7 @@ import getpass
 import ipaddress
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -54,11 +55,29 @@ def _with_warnings(config: Config, warnings: Sequence[str]) -> Config:
 def cmd_run(args: argparse.Namespace) -> int:
     import uvloop
 
-    from connectproxy.app import serve
+    if args.workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if args.workers > 1:
+        # Before anything imports prometheus-client: it picks its value storage at import.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="connectproxy-metrics-")
+    from connectproxy import workers
+    from connectproxy.app import Role, serve
 
     load = _config_loader(args)
     config = load()
-    return uvloop.run(serve(config, load))
+    if args.workers > 1:
+        child_args = ["run", *_config_args(args)]
+        return uvloop.run(workers.supervise(config, load, args.workers, child_args))
+    role = workers.worker_role_from_env() or Role()
+    return uvloop.run(serve(config, load, role=role))
+
+
+def _config_args(args: argparse.Namespace) -> list[str]:
+    if getattr(args, "squid_conf", None):
+        return ["--squid-conf", str(Path(args.squid_conf).resolve())]
+    if args.config:
+        return ["--config", str(Path(args.config).resolve())]
+    return []
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -160,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="serve until SIGTERM/SIGINT")
     _add_config_options(p)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="serving processes sharing the listeners (default 1; one per core)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check-config", help="validate and print the effective policy")
