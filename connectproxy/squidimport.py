@@ -563,6 +563,16 @@ class _Translator:
                     "unless allow.networks lists them",
                 )
                 continue
+            if value.endswith("."):
+                # Squid compares dstdomain values literally: one written with a trailing dot
+                # never matches, so allowing the undotted name would widen access.
+                self.warn(
+                    index,
+                    d.where,
+                    f"dstdomain value {value!r} skipped: Squid never matches a value ending in "
+                    "'.'; write it without the dot to allow it",
+                )
+                continue
             try:
                 if value.startswith("*"):
                     raise ValueError("Squid has no wildcards in dstdomain")

@@ -500,7 +500,9 @@ def test_dstdomain_values(tmp_path: Path) -> None:
         "http_access allow s\n",
     )
     file = tmp_path / "squid.conf"
-    assert translation.mapping["allow"]["domains"] == [".example.com", "exact.example.org"]
+    # Squid never matches a value with a trailing dot: skipped, not silently widened.
+    assert translation.mapping["allow"]["domains"] == [".example.com"]
+    assert_warning(translation, file, 1, "'exact.example.org.' skipped", "never matches")
     assert_warning(translation, file, 1, "'192.0.2.1' skipped", "IP-address targets")
     assert_warning(translation, file, 1, "'*.wild.example' skipped", "no wildcards")
     assert_warning(translation, file, 1, "'bad_name' skipped")
