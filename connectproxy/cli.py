@@ -16,6 +16,7 @@ from pathlib import Path
 
 from connectproxy.config import Config
 from connectproxy.configfile import ConfigError, config_from_mapping, load_config, summarize
+from connectproxy.doctor import add_doctor_parser
 from connectproxy.http import RequestError, parse_target
 from connectproxy.passwords import hash_password
 from connectproxy.policy import Credentials, Source, decide, usable_addresses
@@ -37,13 +38,19 @@ def _config_loader(args: argparse.Namespace) -> Callable[[], Config]:
             try:
                 translation = translate_file(path)
             except (SquidImportError, SquidConfError, OSError) as exc:
-                raise ConfigError(str(path), None, None, str(exc)) from None
+                raise ConfigError(str(path), None, None, _without_prefix(str(exc), path)) from None
             config = config_from_mapping(translation.mapping, str(path), path.parent)
             return _with_warnings(config, translation.warnings)
 
         return load_squid
     config_path = Path(args.config) if args.config else None
     return lambda: load_config(config_path)
+
+
+def _without_prefix(message: str, path: Path) -> str:
+    """Squid errors already start with the file name; say it once."""
+    prefix = f"{path}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
 
 
 def _with_warnings(config: Config, warnings: Sequence[str]) -> Config:
@@ -59,6 +66,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError("--workers must be at least 1")
     if args.workers > 1:
         # Before anything imports prometheus-client: it picks its value storage at import.
+        if "prometheus_client" in sys.modules:
+            raise RuntimeError("prometheus_client was imported before --workers could set it up")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="connectproxy-metrics-")
     from connectproxy import workers
     from connectproxy.app import Role, serve
@@ -151,7 +160,7 @@ def cmd_import_squid(args: argparse.Namespace) -> int:
     try:
         translation = translate_file(path)
     except (SquidImportError, SquidConfError, OSError) as exc:
-        raise UsageError(f"{path}: {exc}") from None
+        raise UsageError(f"{path}: {_without_prefix(str(exc), path)}") from None
     for warning in translation.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     sys.stdout.write(translation.to_yaml())
@@ -205,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import-squid", help="translate a squid.conf to YAML on stdout")
     p.add_argument("file", metavar="FILE")
     p.set_defaults(func=cmd_import_squid)
+
+    add_doctor_parser(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
 
 from connectproxy.addresses import normalise
@@ -68,7 +69,8 @@ async def _connect_one(addr: IPAddress, port: int) -> socket.socket:
 
 def _connect_error(addrs: list[IPAddress], port: int, errors: list[BaseException]) -> DialError:
     last = errors[-1] if errors else None
-    detail = last.strerror if isinstance(last, OSError) and last.strerror else str(last)
+    # The loop's own strerror is a generic "Connect call failed"; the errno says which failure.
+    detail = os.strerror(last.errno) if isinstance(last, OSError) and last.errno else str(last)
     where = str(addrs[0]) if len(addrs) == 1 else f"{len(addrs)} addresses"
     return DialError(502, "connect_failed", f"cannot connect to {where} port {port}: {detail}")
 
