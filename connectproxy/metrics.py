@@ -7,6 +7,9 @@ long tunnel's bytes show up while it is open without a metrics call per chunk.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 OUTCOMES = (
@@ -23,6 +26,15 @@ OUTCOMES = (
     "overloaded",
     "handshake_timeout",
 )
+
+
+@dataclass(frozen=True)
+class ClientSeries:
+    """The labelled children of one `client` label, looked up once instead of per tunnel."""
+
+    tunnels_active: Any
+    bytes_up: Any
+    bytes_down: Any
 
 
 class Metrics:
@@ -112,3 +124,21 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+
+        self._outcomes = {outcome: self.requests.labels(outcome) for outcome in OUTCOMES}
+        self._clients: dict[str, ClientSeries] = {}
+
+    def count(self, outcome: str) -> None:
+        """One client connection ended with `outcome`."""
+        self._outcomes[outcome].inc()
+
+    def client(self, name: str) -> ClientSeries:
+        """Series for a `client` label; names come from the config only, so this stays small."""
+        series = self._clients.get(name)
+        if series is None:
+            series = self._clients[name] = ClientSeries(
+                self.tunnels_active.labels(name),
+                self.tunnel_bytes.labels(name, "client_to_server"),
+                self.tunnel_bytes.labels(name, "server_to_client"),
+            )
+        return series

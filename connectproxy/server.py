@@ -34,7 +34,7 @@ from connectproxy.http import (
     parse_head,
 )
 from connectproxy.logs import AccessLog, AccessRecord, get_logger
-from connectproxy.metrics import Metrics
+from connectproxy.metrics import ClientSeries, Metrics
 from connectproxy.policy import Credentials, Decision, Source, decide, usable_addresses
 from connectproxy.sockio import handshake, peer_names, recv, send_all, wait_readable
 from connectproxy.tunnel import CHUNK, PipePool, Tunnel, splice_available
@@ -70,7 +70,7 @@ class _Active:
     """A running tunnel and how much of its byte counts has reached the metrics."""
 
     tunnel: Tunnel
-    client: str
+    series: ClientSeries
     flushed_up: int = 0
     flushed_down: int = 0
 
@@ -367,7 +367,7 @@ class Server:
             rec.connect_s = round(loop.time() - connect_began, 6)
             self.metrics.connect_seconds.observe(loop.time() - connect_began)
             rec.outcome, rec.status = "established", 200
-            self.metrics.requests.labels("established").inc()
+            self.metrics.count("established")
             await self._run_tunnel(sock, server_sock, decision, config, rec, len(early))
             server_sock = None  # the tunnel closed it
         except RequestError as exc:
@@ -377,12 +377,12 @@ class Server:
             self._answer(sock, exc.status, exc.reason, rec, exc.outcome)
         except _Closed as exc:
             rec.outcome, rec.error = exc.outcome, exc.reason
-            self.metrics.requests.labels(exc.outcome).inc()
+            self.metrics.count(exc.outcome)
         except OSError as exc:
             # The client went away while we were answering or connecting.
             if rec.outcome is None:
                 rec.outcome = "bad_request"
-                self.metrics.requests.labels("bad_request").inc()
+                self.metrics.count("bad_request")
             rec.error = rec.error or f"client connection error: {exc.strerror or exc}"
         finally:
             if server_sock is not None:
@@ -513,9 +513,10 @@ class Server:
             buffer=self.buffer,
         )
         tunnel.upstream.count = early_bytes
-        active = _Active(tunnel, label)
+        series = self.metrics.client(label)
+        active = _Active(tunnel, series)
         self.active.add(active)
-        gauge = self.metrics.tunnels_active.labels(label)
+        gauge = series.tunnels_active
         gauge.inc()
         started = self.loop.time()
         try:
@@ -539,11 +540,11 @@ class Server:
         headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         rec.status, rec.outcome, rec.error = status, outcome, reason
-        self.metrics.requests.labels(outcome).inc()
+        self.metrics.count(outcome)
         _send_quietly(sock, error_response(status, reason, headers))
 
     def _finish_record(self, rec: AccessRecord) -> None:
-        self.metrics.requests.labels(rec.outcome or "bad_request").inc()
+        self.metrics.count(rec.outcome or "bad_request")
         self.access_log.write(rec)
 
     # ---- periodic work ----------------------------------------------------------------------
@@ -552,14 +553,10 @@ class Server:
         tunnel = active.tunnel
         up, down = tunnel.bytes_client_to_server, tunnel.bytes_server_to_client
         if up > active.flushed_up:
-            self.metrics.tunnel_bytes.labels(active.client, "client_to_server").inc(
-                up - active.flushed_up
-            )
+            active.series.bytes_up.inc(up - active.flushed_up)
             active.flushed_up = up
         if down > active.flushed_down:
-            self.metrics.tunnel_bytes.labels(active.client, "server_to_client").inc(
-                down - active.flushed_down
-            )
+            active.series.bytes_down.inc(down - active.flushed_down)
             active.flushed_down = down
 
     def _flush_bytes_tick(self) -> None:
