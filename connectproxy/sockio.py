@@ -38,18 +38,27 @@ async def _wait(sock: socket.socket, writable: bool) -> None:
 
 
 async def recv(sock: socket.socket, size: int) -> bytes:
-    """Up to `size` bytes; b"" at end of stream."""
+    """Up to `size` bytes; b"" at end of stream.
+
+    From a TLS socket it may return more than `size`: the rest of the decrypted record comes
+    too (at most 16 KiB). Bytes left inside the TLS layer are invisible to readiness events, so
+    whoever drives the socket by readiness next (the tunnel, after the request head) would never
+    be told they are there."""
     if not isinstance(sock, ssl.SSLSocket):
         return await asyncio.get_running_loop().sock_recv(sock, size)
     while True:
         try:
-            return sock.recv(size)
+            data = sock.recv(size)
         except ssl.SSLWantReadError:
             await _wait(sock, writable=False)
+            continue
         except ssl.SSLWantWriteError:
             await _wait(sock, writable=True)
+            continue
         except ssl.SSLZeroReturnError:
             return b""
+        left = sock.pending()
+        return data + sock.recv(left) if left else data
 
 
 async def send_all(sock: socket.socket, data: bytes) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import re
 import socket
 import ssl
 import time
@@ -23,6 +24,9 @@ from connectproxy.sockio import handshake, recv, send_all
 
 COOL_DOWN = 30.0  # seconds a failed upstream is tried only after the healthy ones
 MAX_RESPONSE_HEAD = 16384
+# RFC 9112: exactly three ASCII digits. Checked on bytes, so a byte such as 0xB2 ("²" in
+# latin-1, a digit to str.isdigit but not to int) cannot slip through and crash the connection.
+_STATUS_LINE = re.compile(rb"HTTP/1\.[0-9] ([0-9]{3})(?: (.*))?")
 
 
 def tls_context(proxy: UpstreamProxy) -> ssl.SSLContext:
@@ -164,11 +168,9 @@ async def _read_response(sock: socket.socket, proxy: UpstreamProxy) -> tuple[int
         if not chunk:
             raise _Unusable(f"{proxy.name}: closed without answering")
         data += chunk
-    status_line = data[: data.find(b"\r\n")].decode("latin-1")
-    parts = status_line.split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+    match = _STATUS_LINE.fullmatch(data[: data.find(b"\r\n")])
+    if match is None:
         raise _Unusable(f"{proxy.name}: not an HTTP answer")
-    reason = parts[2] if len(parts) == 3 else ""
     # The reason goes into our answer line: keep it printable and short.
-    reason = "".join(c for c in reason if c.isprintable())[:80]
-    return int(parts[1]), reason, data[end + 4 :]
+    reason = "".join(c for c in (match[2] or b"").decode("latin-1") if c.isprintable())[:80]
+    return int(match[1]), reason, data[end + 4 :]
