@@ -24,11 +24,12 @@ HAPPY_EYEBALLS_DELAY = 0.25
 class DialError(Exception):
     """A destination could not be reached; `status` and `outcome` say how to answer."""
 
-    def __init__(self, status: int, outcome: str, reason: str) -> None:
+    def __init__(self, status: int, outcome: str, reason: str, upstream: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.outcome = outcome
         self.reason = reason
+        self.upstream = upstream  # the upstream proxy that refused, for the access log
 
 
 async def resolve(target: Target, config: Config) -> list[IPAddress]:

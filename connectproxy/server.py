@@ -368,12 +368,15 @@ class Server:
             self.metrics.connect_seconds.observe(loop.time() - connect_began)
             rec.outcome, rec.status = "established", 200
             self.metrics.count("established")
-            await self._run_tunnel(sock, server_sock, decision, config, rec, len(early))
+            await self._run_tunnel(
+                sock, server_sock, decision, config, rec, len(early), len(early_reply)
+            )
             server_sock = None  # the tunnel closed it
         except RequestError as exc:
             extra = ALLOW_CONNECT if exc.status == 405 else ()
             self._answer(sock, exc.status, exc.reason, rec, exc.outcome, extra)
         except DialError as exc:
+            rec.upstream = exc.upstream
             self._answer(sock, exc.status, exc.reason, rec, exc.outcome)
         except _Closed as exc:
             rec.outcome, rec.error = exc.outcome, exc.reason
@@ -501,8 +504,11 @@ class Server:
         decision: Decision,
         config: Config,
         rec: AccessRecord,
-        early_bytes: int,
+        early_up: int,
+        early_down: int,
     ) -> None:
+        """`early_up`/`early_down`: bytes already passed on before the tunnel started (the
+        client's early data, the upstream's bytes after its 200); they count as tunnel bytes."""
         label = decision.client or "-"
         tunnel = Tunnel(
             self.loop,
@@ -512,7 +518,8 @@ class Server:
             pipes=self.pipes,
             buffer=self.buffer,
         )
-        tunnel.upstream.count = early_bytes
+        tunnel.upstream.count = early_up
+        tunnel.downstream.count = early_down
         series = self.metrics.client(label)
         active = _Active(tunnel, series)
         self.active.add(active)

@@ -14,6 +14,7 @@ memory per tunnel is bounded by one chunk per direction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import socket
@@ -169,13 +170,17 @@ class _Flow(Protocol):
 
 
 def _shutdown_write(sock: socket.socket) -> None:
+    """Pass an end of stream on. For TLS that is close_notify and then the TCP FIN: `unwrap`
+    sends close_notify and stops at waiting for the peer's (SSLWantReadError), which leaves the
+    TLS layer able to go on reading the other direction until it ends too."""
     try:
         if isinstance(sock, ssl.SSLSocket):
-            # Half-closing TLS would need close_notify, after which this side could not send
-            # either; the peer learns of the end when the whole tunnel closes.
+            with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                sock.unwrap()
+            socket.socket.shutdown(sock, socket.SHUT_WR)  # SSLSocket.shutdown drops the TLS layer
             return
         sock.shutdown(socket.SHUT_WR)
-    except OSError:
+    except (OSError, ValueError):
         pass
 
 
@@ -312,6 +317,8 @@ class _CopyFlow:
                 n = src.recv_into(buf)
             except _WOULD_BLOCK:
                 return
+            except ssl.SSLZeroReturnError:
+                n = 0  # close_notify: the TLS peer's end of stream
             except OSError as exc:
                 self.tunnel.fail(_describe(exc))
                 return

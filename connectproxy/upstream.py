@@ -106,7 +106,10 @@ class Upstreams:
                     return sock, rest, proxy
                 sock.close()
                 raise DialError(
-                    502, "upstream_refused", f"upstream {proxy.name} answered {status} {reason}"
+                    502,
+                    "upstream_refused",
+                    f"upstream {proxy.name} answered {status} {reason}",
+                    upstream=proxy.name,
                 )
             metrics.upstream_failures.labels(proxy.name).inc()
             self.failed(proxy)
