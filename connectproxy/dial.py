@@ -16,6 +16,7 @@ import socket
 from connectproxy.addresses import normalise
 from connectproxy.config import Config, IPAddress
 from connectproxy.http import Target
+from connectproxy.sockio import wait_writable
 
 # RFC 8305 suggests 250 ms between connection attempts.
 HAPPY_EYEBALLS_DELAY = 0.25
@@ -66,7 +67,7 @@ async def _connect_one(addr: IPAddress, port: int) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         err = sock.connect_ex((str(addr), port))
         if err in (errno.EINPROGRESS, errno.EAGAIN):
-            await _writable(sock)
+            await wait_writable(sock)
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise OSError(err, os.strerror(err))
@@ -74,22 +75,6 @@ async def _connect_one(addr: IPAddress, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-async def _writable(sock: socket.socket) -> None:
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-    fd = sock.fileno()
-
-    def ready() -> None:
-        if not done.done():
-            done.set_result(None)
-
-    loop.add_writer(fd, ready)
-    try:
-        await done
-    finally:
-        loop.remove_writer(fd)
 
 
 def _connect_error(addrs: list[IPAddress], port: int, errors: list[BaseException]) -> DialError:

@@ -38,18 +38,17 @@ async def _wait(sock: socket.socket, writable: bool) -> None:
 
 
 async def recv(sock: socket.socket, size: int) -> bytes:
-    """Up to `size` bytes; b"" at end of stream.
+    """Up to `size` bytes; b"" at end of stream. Tries the read first: on a fresh connection the
+    request is usually already there, and waiting for readiness would cost a loop iteration.
 
     From a TLS socket it may return more than `size`: the rest of the decrypted record comes
     too (at most 16 KiB). Bytes left inside the TLS layer are invisible to readiness events, so
     whoever drives the socket by readiness next (the tunnel, after the request head) would never
     be told they are there."""
-    if not isinstance(sock, ssl.SSLSocket):
-        return await asyncio.get_running_loop().sock_recv(sock, size)
     while True:
         try:
             data = sock.recv(size)
-        except ssl.SSLWantReadError:
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
             await _wait(sock, writable=False)
             continue
         except ssl.SSLWantWriteError:
@@ -57,19 +56,17 @@ async def recv(sock: socket.socket, size: int) -> bytes:
             continue
         except ssl.SSLZeroReturnError:
             return b""
-        left = sock.pending()
-        return data + sock.recv(left) if left else data
+        if isinstance(sock, ssl.SSLSocket) and (left := sock.pending()):
+            data += sock.recv(left)
+        return data
 
 
 async def send_all(sock: socket.socket, data: bytes) -> None:
-    if not isinstance(sock, ssl.SSLSocket):
-        await asyncio.get_running_loop().sock_sendall(sock, data)
-        return
     view = memoryview(data)
     while view:
         try:
             sent = sock.send(view)
-        except ssl.SSLWantWriteError:
+        except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
             await _wait(sock, writable=True)
             continue
         except ssl.SSLWantReadError:
@@ -103,3 +100,7 @@ def peer_names(sock: ssl.SSLSocket) -> tuple[str, ...]:
 
 async def wait_readable(sock: socket.socket) -> None:
     await _wait(sock, writable=False)
+
+
+async def wait_writable(sock: socket.socket) -> None:
+    await _wait(sock, writable=True)
