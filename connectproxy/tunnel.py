@@ -16,17 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import os
 import socket
 import ssl
 from collections.abc import Callable
 from typing import Protocol
 
-CHUNK = 1 << 16
-PIPE_SIZE = 1 << 18
+CHUNK = 1 << 16  # copy mode: bytes per read into the shared buffer
+PIPE_SIZE = 1 << 20  # splice mode: bytes per read into a pipe (Linux's default pipe-max-size)
 _SPLICE = getattr(os, "splice", None)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, absent from older Python fcntl modules
+_F_GETPIPE_SZ = 1032
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 splice_available = _SPLICE is not None
@@ -39,22 +41,21 @@ class PipePool:
     busy proxy does not create and close a pipe per chunk."""
 
     def __init__(self, keep: int = 64) -> None:
-        self._free: list[tuple[int, int]] = []
+        self._free: list[tuple[int, int, int]] = []
         self._keep = keep
 
-    def take(self) -> tuple[int, int]:
+    def take(self) -> tuple[int, int, int]:
+        """A pipe (read end, write end, capacity)."""
         if self._free:
             return self._free.pop()
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            import fcntl
-
-            fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
+            size = fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
         except OSError:
-            pass  # a smaller pipe only means more system calls per megabyte
-        return r, w
+            size = fcntl.fcntl(w, _F_GETPIPE_SZ)  # a smaller pipe: more system calls per MB
+        return r, w, size
 
-    def give(self, pipe: tuple[int, int]) -> None:
+    def give(self, pipe: tuple[int, int, int]) -> None:
         if len(self._free) < self._keep:
             self._free.append(pipe)
         else:
@@ -62,7 +63,7 @@ class PipePool:
             os.close(pipe[1])
 
     def close(self) -> None:
-        for r, w in self._free:
+        for r, w, _ in self._free:
             os.close(r)
             os.close(w)
         self._free.clear()
@@ -216,7 +217,7 @@ class _SpliceFlow:
         self.dst_fd = dst.fileno()
         self.dst = dst
         self.pool = pool
-        self.pipe: tuple[int, int] | None = None
+        self.pipe: tuple[int, int, int] | None = None
         self.in_pipe = 0
         self.count = 0
         self.blocked = False
@@ -230,7 +231,7 @@ class _SpliceFlow:
         if pipe is None:
             pipe = self.pipe = self.pool.take()
         try:
-            n = _SPLICE(self.src_fd, pipe[1], CHUNK, flags=_SPLICE_FLAGS)  # type: ignore[misc]
+            n = _SPLICE(self.src_fd, pipe[1], pipe[2], flags=_SPLICE_FLAGS)  # type: ignore[misc]
         except _WOULD_BLOCK:
             return
         except OSError as exc:
