@@ -1,0 +1,137 @@
+"""The benchmark driver end to end, in its tiny `--quick` mode.
+
+This does not judge performance (CI machines vary too much for that); it proves the benchmark
+still runs against connectproxy and Squid, reports every figure the README promises, counts no
+failed tunnel, and leaves no process behind. A broken benchmark would otherwise only be noticed
+when someone needs its numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PROXIES = ("connectproxy", "squid")
+TRANSFERS = ("up1", "down1", "up8", "down8")
+
+# Medians the README documents, per proxy.
+FIGURES = (
+    "rate.tunnels_per_s",
+    "rate.handshake_p50_us",
+    "rate.handshake_p99_us",
+    "rate.proxy_cpu_pct",
+    "rate.proxy_cpu_us_per_tunnel",
+    "latency.tunnels_per_s",
+    "latency.handshake_p50_us",
+    "latency.handshake_p99_us",
+    *(f"{t}.gb_per_s" for t in TRANSFERS),
+    *(f"{t}.proxy_cpu_s_per_gb" for t in TRANSFERS),
+    "idle.kib_per_tunnel",
+    "idle.rss_held_mib",
+    "idle.opens_per_s",
+)
+# Counts summed over rounds; every one must be zero.
+FAILURES = (
+    "rate.failed",
+    "latency.failed",
+    *(f"{t}.failed" for t in TRANSFERS),
+    *(f"{t}.capped" for t in TRANSFERS),
+    "idle.failed",
+    "idle.open_failures",
+    "idle.closed_while_held",
+    "idle.echo_failures",
+)
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains `text` (the run folder is in every proxy's)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if text.encode() in cmdline:
+            found.append(int(entry))
+    return found
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench") / "result.json"
+    connectproxy = Path(sys.executable).parent / "connectproxy"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "run.py"),
+            "--quick",
+            "--proxies",
+            ",".join(PROXIES),
+            "--connectproxy",
+            str(connectproxy),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    loaded: dict[str, Any] = json.loads(out.read_text())
+    loaded["_stdout"] = done.stdout
+    return loaded
+
+
+@pytest.mark.squid
+def test_every_figure_is_reported_for_both_proxies(result: dict[str, Any]) -> None:
+    assert result["error"] is None
+    for proxy in PROXIES:
+        summary = result["summary"][proxy]
+        missing = [key for key in FIGURES if summary.get(key, {}).get("median") is None]
+        assert not missing, f"{proxy} lacks {missing}"
+        assert summary["rate.tunnels_per_s"]["median"] > 0
+        for transfer in TRANSFERS:
+            assert summary[f"{transfer}.gb_per_s"]["median"] > 0
+
+
+@pytest.mark.squid
+def test_no_tunnel_failed(result: dict[str, Any]) -> None:
+    assert result["failures"] == {proxy: 0 for proxy in PROXIES}
+    for proxy in PROXIES:
+        counts = {key: result["summary"][proxy][key]["sum"] for key in FAILURES}
+        assert counts == dict.fromkeys(FAILURES, 0), proxy
+
+
+@pytest.mark.squid
+def test_both_proxies_enforced_the_same_policy_with_logging_on(result: dict[str, Any]) -> None:
+    expected = {"allowed": 200, "denied_domain": 403, "denied_port": 403}
+    assert result["policy_check"] == dict.fromkeys(PROXIES, expected)
+    for proxy in PROXIES:
+        lines = result["access_log_lines_per_instance"][proxy]
+        assert len(lines) == 3 and min(lines) > 0, lines  # one instance per scenario
+
+
+@pytest.mark.squid
+def test_ratios_and_table_compare_connectproxy_with_squid(result: dict[str, Any]) -> None:
+    ratios = result["ratios"]
+    assert (ratios["candidate"], ratios["reference"]) == ("connectproxy", "squid")
+    assert ratios["values"]["rate.tunnels_per_s"] > 0
+    header = "| metric | connectproxy | squid | connectproxy/squid | better |"
+    assert header in result["table_markdown"]
+    assert result["table_markdown"] in result["_stdout"]
+
+
+@pytest.mark.squid
+def test_nothing_is_left_running(result: dict[str, Any]) -> None:
+    assert not Path(result["rundir"]).exists()
+    assert processes_mentioning(result["rundir"]) == []
