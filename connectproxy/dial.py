@@ -66,7 +66,7 @@ async def _connect_one(addr: IPAddress, port: int) -> socket.socket:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         err = sock.connect_ex((str(addr), port))
-        if err in (errno.EINPROGRESS, errno.EAGAIN):
+        if err in (errno.EINPROGRESS, errno.EAGAIN) and not _connected(sock):
             await wait_writable(sock)
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
@@ -75,6 +75,16 @@ async def _connect_one(addr: IPAddress, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _connected(sock: socket.socket) -> bool:
+    """On loopback and fast links the handshake often completes within connect() itself even
+    though it reports EINPROGRESS; then there is nothing to wait for."""
+    try:
+        sock.getpeername()
+    except OSError:
+        return False
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
 
 
 def _connect_error(addrs: list[IPAddress], port: int, errors: list[BaseException]) -> DialError:
