@@ -66,8 +66,9 @@ async def _connect_one(addr: IPAddress, port: int) -> socket.socket:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         err = sock.connect_ex((str(addr), port))
-        if err in (errno.EINPROGRESS, errno.EAGAIN) and not _connected(sock):
-            await wait_writable(sock)
+        if err in (errno.EINPROGRESS, errno.EAGAIN):
+            if not _connected(sock):
+                await wait_writable(sock)
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise OSError(err, os.strerror(err))
@@ -84,7 +85,7 @@ def _connected(sock: socket.socket) -> bool:
         sock.getpeername()
     except OSError:
         return False
-    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+    return True
 
 
 def _connect_error(addrs: list[IPAddress], port: int, errors: list[BaseException]) -> DialError:
