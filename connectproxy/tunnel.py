@@ -20,7 +20,6 @@ import fcntl
 import os
 import socket
 import ssl
-from collections.abc import Callable
 from typing import Protocol
 
 CHUNK = 1 << 16  # copy mode: bytes per read into the shared buffer
@@ -97,14 +96,13 @@ class Tunnel:
             and not isinstance(client, ssl.SSLSocket)
             and not isinstance(server, ssl.SSLSocket)
         )
-        flow: Callable[[Tunnel, socket.socket, socket.socket], _Flow]
-        if use_splice and pipes is not None:
-            pool = pipes
-            flow = lambda t, s, d: _SpliceFlow(t, s, d, pool)  # noqa: E731
-        else:
-            flow = lambda t, s, d: _CopyFlow(t, s, d, buffer)  # noqa: E731
-        self.upstream = flow(self, client, server)  # client -> server
-        self.downstream = flow(self, server, client)  # server -> client
+        # Both directions start by copying through the shared buffer: for the small messages
+        # of a TLS handshake or a sensor's telemetry that is two system calls a chunk, where
+        # splice needs four. A direction whose read fills the whole buffer is carrying bulk data
+        # and moves to splice (`to_splice`), where bytes stay in the kernel.
+        self.pipes = pipes if use_splice else None
+        self.upstream: _Flow = _CopyFlow(self, client, server, buffer)  # client -> server
+        self.downstream: _Flow = _CopyFlow(self, server, client, buffer)  # server -> client
         self._idle: asyncio.TimerHandle | None = None
 
     @property
@@ -126,6 +124,17 @@ class Tunnel:
             await self.done
         finally:
             self.close()
+
+    def to_splice(self, flow: _CopyFlow) -> None:
+        """Move one direction from copying to splice(2), keeping its byte count."""
+        assert self.pipes is not None
+        spliced = _SpliceFlow(self, flow.src, flow.dst, self.pipes)
+        spliced.count = flow.count
+        if flow is self.upstream:
+            self.upstream = spliced
+        else:
+            self.downstream = spliced
+        spliced.start()  # replaces the copy flow's reader on the same descriptor
 
     def _check_idle(self) -> None:
         deadline = self.last_active + self.idle_timeout
@@ -343,6 +352,9 @@ class _CopyFlow:
                 self.blocked = True
                 self.loop.remove_reader(src.fileno())
                 self.loop.add_writer(self.dst.fileno(), self.on_writable)
+                return
+            if n == len(buf) and self.tunnel.pipes is not None:
+                self.tunnel.to_splice(self)  # a full buffer: bulk data, let the kernel move it
                 return
             # A TLS socket may hold decrypted bytes that no readiness event will announce.
             if not (isinstance(src, ssl.SSLSocket) and src.pending()):

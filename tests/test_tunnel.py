@@ -167,16 +167,29 @@ async def test_reset_ends_the_tunnel_with_an_error(mode: str) -> None:
         pool.close()
 
 
-async def test_idle_tunnel_holds_no_pipe() -> None:
-    """Pipes are lent only while a chunk is in flight: an idle tunnel owns just its sockets."""
+async def test_small_messages_are_copied_and_bulk_moves_to_splice() -> None:
+    """A small exchange never borrows a pipe; a direction carrying bulk data moves to splice(2)
+    and returns its pipe once the bytes are through, so an idle tunnel owns just its sockets."""
     tunnel, client, server, pool = await make_tunnel("splice")
     assert pool is not None
     task = asyncio.ensure_future(tunnel.run())
-    await send_all(client, b"ping")
     loop = asyncio.get_running_loop()
+    await send_all(client, b"ping")
     assert await asyncio.wait_for(loop.sock_recv(server, 10), 5) == b"ping"
+    assert type(tunnel.upstream).__name__ == "_CopyFlow"
+    assert pool._free == []  # no pipe was ever needed
+
+    bulk = os.urandom(4 * 1024 * 1024)
+    sender = asyncio.ensure_future(send_all(server, bulk))
+    got = bytearray()
+    while len(got) < len(bulk):
+        got += await asyncio.wait_for(loop.sock_recv(client, 1 << 20), 5)
+    await sender
+    assert bytes(got) == bulk
+    assert type(tunnel.downstream).__name__ == "_SpliceFlow"
+    assert tunnel.bytes_server_to_client == len(bulk)
     await asyncio.sleep(0.05)
-    assert tunnel.upstream.pipe is None and tunnel.downstream.pipe is None  # type: ignore[attr-defined]
+    assert tunnel.downstream.pipe is None  # type: ignore[attr-defined]
     assert len(pool._free) == 1  # returned, empty, ready for the next chunk
     tunnel.fail("done")
     await task
