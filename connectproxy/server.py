@@ -387,6 +387,13 @@ class Server:
                 rec.outcome = "bad_request"
                 self.metrics.count("bad_request")
             rec.error = rec.error or f"client connection error: {exc.strerror or exc}"
+        except asyncio.CancelledError:
+            # Drain ran out of time while this connection was still being set up: the proxy
+            # refused it for its own reasons, like a 503.
+            if rec.outcome is None:
+                rec.outcome, rec.error = "overloaded", "proxy shutting down"
+                self.metrics.count("overloaded")
+            raise
         finally:
             if server_sock is not None:
                 server_sock.close()
