@@ -60,6 +60,9 @@ def _with_warnings(config: Config, warnings: Sequence[str]) -> Config:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # Host name lookups run on libuv's thread pool, 4 threads by default: a few lookups a silent
+    # resolver never answers would hold every thread and stall all other lookups.
+    os.environ.setdefault("UV_THREADPOOL_SIZE", "128")
     import uvloop
 
     if args.workers < 1:

@@ -37,7 +37,7 @@ from connectproxy.logs import AccessLog, AccessRecord, get_logger
 from connectproxy.metrics import ClientSeries, Metrics
 from connectproxy.policy import Credentials, Decision, Source, decide, usable_addresses
 from connectproxy.sockio import handshake, peer_names, recv, send_all, wait_readable
-from connectproxy.tunnel import CHUNK, PipePool, Tunnel, splice_available
+from connectproxy.tunnel import CHUNK, PipePool, Poller, Tunnel, splice_available
 from connectproxy.upstream import Upstreams
 
 ACCEPT_BATCH = 64  # accepts per readiness event, so one busy listener cannot starve the loop
@@ -155,6 +155,7 @@ class Server:
         self.loop = asyncio.get_running_loop()
         self.log = get_logger()
         self.pipes = PipePool() if splice_available else None
+        self.io = Poller(self.loop)
         self.buffer = memoryview(bytearray(CHUNK))
         self._flusher: asyncio.TimerHandle | None = None
         self._log_flusher: asyncio.TimerHandle | None = None
@@ -524,6 +525,7 @@ class Server:
             idle_timeout=config.timeouts.idle,
             pipes=self.pipes,
             buffer=self.buffer,
+            io=self.io,
         )
         tunnel.upstream.count = early_up
         tunnel.downstream.count = early_down
@@ -615,6 +617,7 @@ class Server:
         self.stop_listening()
         if self.pipes is not None:
             self.pipes.close()
+        self.io.close()
         self.policy.auth.close()
         self.access_log.flush()
 

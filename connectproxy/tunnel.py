@@ -18,8 +18,10 @@ import contextlib
 import errno
 import fcntl
 import os
+import select
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Protocol
 
 CHUNK = 1 << 16  # copy mode: bytes per read into the shared buffer
@@ -31,6 +33,72 @@ _F_GETPIPE_SZ = 1032
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 splice_available = _SPLICE is not None
+
+
+class Poller:
+    """One epoll set for every tunnel socket, itself watched by the event loop.
+
+    Why not `loop.add_reader` per socket: when the kernel reports an error on a socket (a peer's
+    reset right after its last bytes), libuv closes the watcher without calling the callback, so
+    the tunnel would never learn of the reset and would sit until the idle timeout. Here
+    EPOLLERR/EPOLLHUP are delivered to both callbacks, whose next read or write sees the error.
+    It also costs one epoll_ctl per change instead of a watcher created and destroyed each time.
+    The interface is the loop's: add_reader/remove_reader/add_writer/remove_writer."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._epoll = select.epoll()
+        self._readers: dict[int, Callable[[], None]] = {}
+        self._writers: dict[int, Callable[[], None]] = {}
+        self._loop = loop
+        loop.add_reader(self._epoll.fileno(), self._dispatch)
+
+    def _update(self, fd: int) -> None:
+        mask = (select.EPOLLIN if fd in self._readers else 0) | (
+            select.EPOLLOUT if fd in self._writers else 0
+        )
+        try:
+            if mask:
+                try:
+                    self._epoll.modify(fd, mask)
+                except FileNotFoundError:
+                    self._epoll.register(fd, mask)
+            else:
+                self._epoll.unregister(fd)
+        except (FileNotFoundError, OSError):
+            pass  # already closed: the kernel dropped it from the set
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        self._readers[fd] = callback
+        self._update(fd)
+
+    def remove_reader(self, fd: int) -> None:
+        if self._readers.pop(fd, None) is not None:
+            self._update(fd)
+
+    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
+        self._writers[fd] = callback
+        self._update(fd)
+
+    def remove_writer(self, fd: int) -> None:
+        if self._writers.pop(fd, None) is not None:
+            self._update(fd)
+
+    def _dispatch(self) -> None:
+        errors = select.EPOLLERR | select.EPOLLHUP
+        for fd, events in self._epoll.poll(0, 1024):
+            # Look callbacks up per event: an earlier callback may have closed this descriptor.
+            if events & (select.EPOLLIN | errors):
+                reader = self._readers.get(fd)
+                if reader is not None:
+                    reader()
+            if events & (select.EPOLLOUT | errors):
+                writer = self._writers.get(fd)
+                if writer is not None:
+                    writer()
+
+    def close(self) -> None:
+        self._loop.remove_reader(self._epoll.fileno())
+        self._epoll.close()
 
 
 class PipePool:
@@ -83,8 +151,10 @@ class Tunnel:
         idle_timeout: float,
         pipes: PipePool | None,
         buffer: memoryview,
+        io: Poller,
     ) -> None:
         self.loop = loop
+        self.io = io
         self.client = client
         self.server = server
         self.idle_timeout = idle_timeout
@@ -163,9 +233,29 @@ class Tunnel:
             self._idle = None
         self.upstream.stop()
         self.downstream.stop()
+        # The flows point back at this tunnel; replacing them breaks the cycle so a finished
+        # tunnel is freed by reference counting at once instead of waiting for the collector.
+        self.upstream = _Finished(self.upstream.count)
+        self.downstream = _Finished(self.downstream.count)
         for sock in (self.client, self.server):
             if sock.fileno() >= 0:
                 sock.close()
+
+
+class _Finished:
+    """What a direction becomes when its tunnel closes: its byte count and nothing else."""
+
+    __slots__ = ("count", "ended")
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.ended = True
+
+    def start(self) -> None:
+        """A finished direction never starts again."""
+
+    def stop(self) -> None:
+        """Already stopped."""
 
 
 class _Flow(Protocol):
@@ -210,6 +300,7 @@ class _SpliceFlow:
         "dst_fd",
         "ended",
         "in_pipe",
+        "io",
         "loop",
         "pipe",
         "pool",
@@ -222,6 +313,7 @@ class _SpliceFlow:
     ) -> None:
         self.tunnel = tunnel
         self.loop = tunnel.loop
+        self.io = tunnel.io
         self.src_fd = src.fileno()
         self.dst_fd = dst.fileno()
         self.dst = dst
@@ -233,21 +325,29 @@ class _SpliceFlow:
         self.ended = False
 
     def start(self) -> None:
-        self.loop.add_reader(self.src_fd, self.on_readable)
+        self.io.add_reader(self.src_fd, self.on_readable)
 
     def on_readable(self) -> None:
-        pipe = self.pipe
-        if pipe is None:
-            pipe = self.pipe = self.pool.take()
+        # Reading only starts when the pipe is empty (drain() returns it then), so every path
+        # below that does not fill it hands it straight back: an idle direction holds no pipe.
+        try:
+            pipe = self.pool.take()
+        except OSError as exc:  # out of descriptors: end this tunnel, freeing two of them
+            self.tunnel.fail(_describe(exc))
+            return
+        self.pipe = pipe
         try:
             n = _SPLICE(self.src_fd, pipe[1], pipe[2], flags=_SPLICE_FLAGS)  # type: ignore[misc]
         except _WOULD_BLOCK:
+            self._give_back()
             return
         except OSError as exc:
+            self._give_back()
             self.tunnel.fail(_describe(exc))
             return
         if n == 0:
-            self.loop.remove_reader(self.src_fd)
+            self._give_back()
+            self.io.remove_reader(self.src_fd)
             self.ended = True
             _shutdown_write(self.dst)
             self.tunnel.direction_ended()
@@ -265,8 +365,8 @@ class _SpliceFlow:
             except _WOULD_BLOCK:
                 if not self.blocked:
                     self.blocked = True
-                    self.loop.remove_reader(self.src_fd)
-                    self.loop.add_writer(self.dst_fd, self.drain)
+                    self.io.remove_reader(self.src_fd)
+                    self.io.add_writer(self.dst_fd, self.drain)
                 return
             except OSError as exc:
                 self.tunnel.fail(_describe(exc))
@@ -277,14 +377,19 @@ class _SpliceFlow:
         self.pipe = None
         if self.blocked:
             self.blocked = False
-            self.loop.remove_writer(self.dst_fd)
-            self.loop.add_reader(self.src_fd, self.on_readable)
+            self.io.remove_writer(self.dst_fd)
+            self.io.add_reader(self.src_fd, self.on_readable)
+
+    def _give_back(self) -> None:
+        pipe, self.pipe = self.pipe, None
+        if pipe is not None:
+            self.pool.give(pipe)
 
     def stop(self) -> None:
         if not self.ended:
-            self.loop.remove_reader(self.src_fd)
+            self.io.remove_reader(self.src_fd)
         if self.blocked:
-            self.loop.remove_writer(self.dst_fd)
+            self.io.remove_writer(self.dst_fd)
         self.ended = True
         pipe, self.pipe = self.pipe, None
         if pipe is not None:
@@ -301,13 +406,25 @@ class _CopyFlow:
     splice. Only when the destination cannot take the whole chunk is the rest copied out of the
     shared buffer, so allocation happens under backpressure only."""
 
-    __slots__ = ("blocked", "buffer", "count", "dst", "ended", "loop", "pending", "src", "tunnel")
+    __slots__ = (
+        "blocked",
+        "buffer",
+        "count",
+        "dst",
+        "ended",
+        "io",
+        "loop",
+        "pending",
+        "src",
+        "tunnel",
+    )
 
     def __init__(
         self, tunnel: Tunnel, src: socket.socket, dst: socket.socket, buffer: memoryview
     ) -> None:
         self.tunnel = tunnel
         self.loop = tunnel.loop
+        self.io = tunnel.io
         self.src = src
         self.dst = dst
         self.buffer = buffer
@@ -317,7 +434,7 @@ class _CopyFlow:
         self.ended = False
 
     def start(self) -> None:
-        self.loop.add_reader(self.src.fileno(), self.on_readable)
+        self.io.add_reader(self.src.fileno(), self.on_readable)
 
     def on_readable(self) -> None:
         buf = self.buffer
@@ -333,7 +450,7 @@ class _CopyFlow:
                 self.tunnel.fail(_describe(exc))
                 return
             if n == 0:
-                self.loop.remove_reader(src.fileno())
+                self.io.remove_reader(src.fileno())
                 self.ended = True
                 _shutdown_write(self.dst)
                 self.tunnel.direction_ended()
@@ -350,8 +467,8 @@ class _CopyFlow:
             if m < n:
                 self.pending = bytes(buf[m:n])
                 self.blocked = True
-                self.loop.remove_reader(src.fileno())
-                self.loop.add_writer(self.dst.fileno(), self.on_writable)
+                self.io.remove_reader(src.fileno())
+                self.io.add_writer(self.dst.fileno(), self.on_writable)
                 return
             if n == len(buf) and self.tunnel.pipes is not None:
                 self.tunnel.to_splice(self)  # a full buffer: bulk data, let the kernel move it
@@ -373,14 +490,14 @@ class _CopyFlow:
         if self.pending:
             return
         self.blocked = False
-        self.loop.remove_writer(self.dst.fileno())
-        self.loop.add_reader(self.src.fileno(), self.on_readable)
+        self.io.remove_writer(self.dst.fileno())
+        self.io.add_reader(self.src.fileno(), self.on_readable)
         self.on_readable()
 
     def stop(self) -> None:
         if self.src.fileno() >= 0 and not self.ended:
-            self.loop.remove_reader(self.src.fileno())
+            self.io.remove_reader(self.src.fileno())
         if self.blocked and self.dst.fileno() >= 0:
-            self.loop.remove_writer(self.dst.fileno())
+            self.io.remove_writer(self.dst.fileno())
         self.ended = True
         self.pending = b""

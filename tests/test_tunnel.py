@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from connectproxy.tunnel import CHUNK, PipePool, Tunnel, splice_available
+from connectproxy.tunnel import CHUNK, PipePool, Poller, Tunnel, splice_available
 
 MODES = ["splice", "copy"] if splice_available else ["copy"]
 
@@ -33,13 +33,15 @@ async def make_tunnel(
     client_end, proxy_client = tcp_pair()
     proxy_server, server_end = tcp_pair()
     pool = PipePool() if mode == "splice" else None
+    loop = asyncio.get_running_loop()
     tunnel = Tunnel(
-        asyncio.get_running_loop(),
+        loop,
         proxy_client,
         proxy_server,
         idle_timeout=idle,
         pipes=pool,
         buffer=memoryview(bytearray(CHUNK)),
+        io=Poller(loop),
     )
     return tunnel, client_end, server_end, pool
 
