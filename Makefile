@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-fast lint typecheck bench clean
+.PHONY: run test test-long soak fuzz lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,12 +16,19 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/connectproxy run $(if $(CONFIG),--config $(CONFIG))
 
-## The whole test suite, plus the type and lint checks the code is held to.
+## The test suite (every test but the long soak), plus the lint and type checks.
 test: $(STAMP) lint typecheck
-	$(BIN)/pytest -q
-
-test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow"
+
+## The long runs CI adds: the 5,000-tunnel soak and 60 s of fuzzing per parser.
+test-long: soak fuzz
+
+soak: $(STAMP)
+	$(BIN)/pytest -q -m slow -rP
+
+fuzz: $(STAMP)
+	$(BIN)/pip install --quiet atheris
+	fuzz/run.sh $(or $(FUZZ_SECONDS),60)
 
 lint: $(STAMP)
 	$(BIN)/ruff check connectproxy tests
