@@ -30,7 +30,7 @@ from connectproxy.configfile import ConfigError, load_config
 from connectproxy.dial import DialError, open_tcp, resolve
 from connectproxy.http import RequestError, Target, parse_target
 from connectproxy.policy import Route, destination_allowed, route_for, usable_addresses
-from connectproxy.sockio import recv, send_all
+from connectproxy.sockio import peer_address, recv, send_all
 
 if TYPE_CHECKING:
     # Imported for real inside `run_doctor` only: the CLI imports this module at start, and
@@ -118,14 +118,6 @@ def _ms_since(began: float) -> float:
     return round((time.perf_counter() - began) * 1000, 3)
 
 
-def _peer(sock: socket.socket) -> str | None:
-    try:
-        host, port = sock.getpeername()[:2]
-    except OSError:
-        return None
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 class _Probe:
     """One target's walk through the steps. `stage` is the step in progress, so a timeout that
     strikes from outside can still be blamed on the right one."""
@@ -211,7 +203,7 @@ class _Probe:
             raise _StepFailed(
                 self.stage, f"no answer within {limit:g} s (timeouts.connect)"
             ) from None
-        self.result.address = _peer(self.sock)
+        self.result.address = peer_address(self.sock)
 
     async def _open_via_upstream(self) -> bytes:
         """The upstream chain with its failover and cool-downs; returns the bytes the upstream
@@ -228,7 +220,7 @@ class _Probe:
         self.sock = sock
         self.result.connect_ms = _ms_since(began)
         self.result.upstream = proxy.name
-        self.result.address = _peer(sock)
+        self.result.address = peer_address(sock)
         return early
 
     async def _tls_handshake(self, early: bytes) -> None:

@@ -36,7 +36,14 @@ from connectproxy.http import (
 from connectproxy.logs import AccessLog, AccessRecord, get_logger
 from connectproxy.metrics import ClientSeries, Metrics
 from connectproxy.policy import Credentials, Decision, Source, decide, usable_addresses
-from connectproxy.sockio import handshake, peer_names, recv, send_all, wait_readable
+from connectproxy.sockio import (
+    handshake,
+    peer_address,
+    peer_names,
+    recv,
+    send_all,
+    wait_readable,
+)
 from connectproxy.tunnel import CHUNK, PipePool, Poller, Tunnel, splice_available
 from connectproxy.upstream import Upstreams
 
@@ -301,8 +308,7 @@ class Server:
         policy = self.policy
         config = policy.config
         listener = entry.listener
-        loop = self.loop
-        began = loop.time()
+        began = time.perf_counter()  # the loop's clock ticks in whole milliseconds
         rec = AccessRecord(
             start=time.time(), client_addr=peer[0], client_port=peer[1], listener=listener.address
         )
@@ -358,15 +364,16 @@ class Server:
             elif config.allow.mode == "report":
                 rec.would_deny = False
 
-            connect_began = loop.time()
+            connect_began = time.perf_counter()
             server_sock, early_reply = await self._open(decision, target, policy, rec)
             await _send_established(sock)
             if early_reply:
                 await send_all(sock, early_reply)
             if early:
                 await send_all(server_sock, early)
-            rec.connect_s = round(loop.time() - connect_began, 6)
-            self.metrics.connect_seconds.observe(loop.time() - connect_began)
+            connect_s = time.perf_counter() - connect_began
+            rec.connect_s = round(connect_s, 6)
+            self.metrics.connect_seconds.observe(connect_s)
             rec.outcome, rec.status = "established", 200
             self.metrics.count("established")
             await self._run_tunnel(
@@ -408,7 +415,7 @@ class Server:
                     del self.per_source[counted_source]
             self.connections -= 1
             self.metrics.connections_active.dec()
-            rec.duration_s = round(loop.time() - began, 6)
+            rec.duration_s = round(time.perf_counter() - began, 6)
             self.access_log.write(rec)
 
     async def _read_proxy_header(
@@ -483,7 +490,7 @@ class Server:
                 target, config.timeouts.connect, self.metrics
             )
             rec.upstream = proxy.name
-            rec.server_addr = _format_peer(sock)
+            rec.server_addr = peer_address(sock)
             return sock, rest
         stage = "resolve"
         try:
@@ -502,7 +509,7 @@ class Server:
             raise DialError(
                 504, "connect_timeout", f"connecting to {target.authority} timed out"
             ) from None
-        rec.server_addr = _format_peer(sock)
+        rec.server_addr = peer_address(sock)
         return sock, b""
 
     async def _run_tunnel(
@@ -534,14 +541,14 @@ class Server:
         self.active.add(active)
         gauge = series.tunnels_active
         gauge.inc()
-        started = self.loop.time()
+        started = time.perf_counter()
         try:
             await tunnel.run()
         finally:
             self.active.discard(active)
             gauge.dec()
             self._flush_bytes(active)
-            self.metrics.tunnel_seconds.observe(self.loop.time() - started)
+            self.metrics.tunnel_seconds.observe(time.perf_counter() - started)
             rec.bytes_client_to_server = tunnel.bytes_client_to_server
             rec.bytes_server_to_client = tunnel.bytes_server_to_client
             rec.error = tunnel.error
@@ -639,11 +646,3 @@ async def _send_established(sock: socket.socket) -> None:
     sent = sock.send(ESTABLISHED)
     if sent != len(ESTABLISHED):
         raise OSError(errno.EAGAIN, "could not send the 200 response")
-
-
-def _format_peer(sock: socket.socket) -> str | None:
-    try:
-        host, port = sock.getpeername()[:2]
-    except OSError:
-        return None
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

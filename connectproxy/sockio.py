@@ -104,3 +104,12 @@ async def wait_readable(sock: socket.socket) -> None:
 
 async def wait_writable(sock: socket.socket) -> None:
     await _wait(sock, writable=True)
+
+
+def peer_address(sock: socket.socket) -> str | None:
+    """ "host:port" or "[v6]:port" of the connected peer, for logs; None once it is gone."""
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
