@@ -234,9 +234,6 @@ class Server:
                 except OSError as exc:
                     self.log.error("cannot listen", address=listener.address, error=str(exc))
 
-    def bound_addresses(self) -> list[tuple[str, int]]:
-        return [e.sock.getsockname()[:2] for e in self.listening]
-
     def _on_acceptable(self, entry: _Listening) -> None:
         for _ in range(ACCEPT_BATCH):
             try:
@@ -273,8 +270,7 @@ class Server:
 
     def _accepted(self, sock: socket.socket, peer: tuple[str, int], entry: _Listening) -> None:
         sock.setblocking(False)
-        if sock.family != socket.AF_UNIX:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.connections >= self.max_connections or self.draining:
             self._refuse_overloaded(sock, peer, "too many connections", entry.tls_context is None)
             return
