@@ -12,7 +12,7 @@ import pytest
 import trustme
 import uvloop
 
-from tests.support import HTTPSOrigin, OriginServer, ProxyProcess
+from tests.support import HTTPSOrigin, OriginServer, ProxyProcess, write_leaf
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +40,12 @@ def https_origin(ca: trustme.CA) -> Iterator[HTTPSOrigin]:
     cert.configure_cert(ctx)
     with HTTPSOrigin(ctx) as server:
         yield server
+
+
+@pytest.fixture()
+def server_cert(ca: trustme.CA, tmp_path: Path) -> tuple[Path, Path]:
+    """The certificate of a proxy's TLS listener on 127.0.0.1 (an IP SAN)."""
+    return write_leaf(ca, tmp_path, "proxy-server", "127.0.0.1")
 
 
 ProxyFactory = Callable[..., ProxyProcess]

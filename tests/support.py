@@ -2,14 +2,17 @@
 
 Origins run in threads of the test process (started and stopped by the fixture that made them);
 the proxy runs as `python -m connectproxy run`, started by PID and stopped by SIGTERM to that PID.
+Every helper more than one test module needs lives here, so no test module imports another.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import socketserver
@@ -18,12 +21,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import trustme
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from connectproxy.passwords import hash_password
 
 LOOPBACK_OK_DENY = ["0.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4"]  # default minus 127/8, ::1
 
@@ -317,3 +324,302 @@ def request(port: int, target: str, headers: str = "", extra: bytes = b"") -> tu
     sock, data = connect_raw(port, head)
     sock.close()
     return status_of(data), data
+
+
+# ---- configs and clients shared by the integration tests ----------------------------------------
+
+SENSOR = "sensor.azure-devices.net"
+PASSWORD = "correct horse battery staple"
+PASSWORD_HASH = hash_password(PASSWORD)
+
+
+def config_for(port: int, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "allow": {
+            "ports": [443, port],
+            "domains": [".azure-devices.net", "download.microsoft.com"],
+        },
+        "clients": [{"name": "local", "networks": ["127.0.0.0/8", "::1"]}],
+        "destinations": {
+            "hosts": {SENSOR: "127.0.0.1", "download.microsoft.com": "127.0.0.1"},
+            "deny_networks": LOOPBACK_OK_DENY,
+        },
+    }
+    config.update(overrides)
+    return config
+
+
+def basic(user: str, password: str) -> str:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return f"Proxy-Authorization: Basic {token}\r\n"
+
+
+def open_tunnel_with_early_data(
+    port: int, target: str, extra: bytes = b"", headers: str = ""
+) -> socket.socket:
+    head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{headers}\r\n".encode()
+    sock, data = connect_raw(port, head + extra, timeout=10)
+    assert status_of(data) == 200, data
+    assert data.endswith(b"\r\n\r\n"), data  # nothing of the tunnel was read with the head
+    return sock
+
+
+CURL = shutil.which("curl")
+
+
+def curl(*args: str) -> subprocess.CompletedProcess[str]:
+    assert CURL, "curl is installed by .ci/run"
+    return subprocess.run([CURL, "-sS", "--max-time", "10", *args], capture_output=True, text=True)
+
+
+# ---- scraping the metrics endpoint --------------------------------------------------------------
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def http_get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return status_of(data), data.split(b"\r\n\r\n", 1)[1]
+
+
+def scrape(proxy: ProxyProcess) -> Samples:
+    samples: Samples = {}
+    for family in text_string_to_metric_families(proxy.metrics_text()):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """A sample's value; 0 for a labelled child never created (nothing counted yet)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def wait_for_metric(
+    proxy: ProxyProcess, name: str, expected: float, timeout: float = 5.0, **labels: str
+) -> Samples:
+    """Poll until the sample has the expected value (gauges move when a task ends, bytes every
+    couple of seconds); returns the last scrape for further checks."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = scrape(proxy)
+        if value(samples, name, **labels) == expected or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.1)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """One sample of a Prometheus text exposition; 0 when the series is absent."""
+    wanted = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+# ---- tunnels from a chosen client address -------------------------------------------------------
+
+
+def connect_from(source: str, port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.settimeout(10)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def read_head(sock: socket.socket) -> bytes:
+    """The response head, byte by byte so nothing of a tunnel is consumed with it; for an
+    error answer the body too, up to the proxy's close."""
+    data = b""
+    while not data.endswith(b"\r\n\r\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            return data
+        data += chunk
+    if status_of(data) != 200:
+        while chunk := sock.recv(4096):
+            data += chunk
+    return data
+
+
+def open_tunnel_from_source(
+    port: int, target: str, headers: str = "", source: str = "127.0.0.1"
+) -> socket.socket:
+    sock = connect_from(source, port)
+    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{headers}\r\n".encode())
+    head = read_head(sock)
+    assert status_of(head) == 200, head
+    return sock
+
+
+def echo_exchange(sock: socket.socket, payload: bytes) -> None:
+    sock.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        chunk = sock.recv(65536)
+        assert chunk, "tunnel closed early"
+        got += chunk
+    assert got == payload
+
+
+def finish(sock: socket.socket) -> None:
+    """Half-close and read to the end, so every byte the proxy copied has been counted."""
+    sock.shutdown(socket.SHUT_WR)
+    while sock.recv(65536):
+        pass
+    sock.close()
+
+
+def read_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        time.sleep(0.05)
+
+
+class Streamer:
+    """Keeps a tunnel busy from a background thread: a block out, its echo back, again."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.rounds = 0
+        self.error: BaseException | None = None
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        block = os.urandom(16384)
+        try:
+            while not self.stopped.is_set():
+                echo_exchange(self.sock, block)
+                self.rounds += 1
+                time.sleep(0.005)
+        except BaseException as exc:
+            self.error = exc
+
+    def wait_rounds(self, more: int) -> None:
+        target = self.rounds + more
+        wait_until(lambda: self.rounds >= target or self.error is not None, what="tunnel traffic")
+        assert self.error is None, self.error
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+        assert self.error is None, self.error
+
+
+# ---- a process's resources, read from /proc ----------------------------------------------------
+
+
+def socket_count(pid: int) -> int:
+    """Open sockets of a process; pipes lent to tunnels come and go and are not counted."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                count += 1
+    return count
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+# ---- external servers, stopped by PID ----------------------------------------------------------
+
+
+def is_listening(port: int) -> bool:
+    """Whether a socket listens on 127.0.0.1:`port`, read from /proc/net/tcp (state 0A)."""
+    local = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == local and fields[3] == "0A":
+            return True
+    return False
+
+
+@dataclass
+class ExternalServer:
+    """A real server binary run in the foreground; its output goes to `log_path`."""
+
+    args: list[str]
+    ports: tuple[int, ...]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> ExternalServer:
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while not all(is_listening(port) for port in self.ports):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.args[0]} did not start: {self.output()}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        """SIGTERM to our PID, SIGKILL if it has not gone within five seconds."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+# ---- TLS: certificates from the test CA and a proxy with a TLS listener -------------------------
+
+
+def write_leaf(ca: trustme.CA, folder: Path, stem: str, *identities: str) -> tuple[Path, Path]:
+    """A certificate (chain) and key signed by the test CA, as PEM files."""
+    leaf = ca.issue_cert(*identities)
+    cert_path, key_path = folder / f"{stem}.pem", folder / f"{stem}.key"
+    for i, blob in enumerate(leaf.cert_chain_pems):
+        blob.write_to_path(str(cert_path), append=i > 0)
+    leaf.private_key_pem.write_to_path(str(key_path))
+    return cert_path, key_path
+
+
+def tls_proxy(
+    make_proxy: Callable[..., ProxyProcess],
+    config: dict[str, Any],
+    cert: tuple[Path, Path],
+    client_ca: Path | None = None,
+    require_client_cert: bool = False,
+    proxy_protocol: str = "off",
+) -> ProxyProcess:
+    """A running connectproxy whose one listener serves TLS (on its own `port`)."""
+    proxy = make_proxy(config, start=False)
+    tls: dict[str, Any] = {"cert_file": str(cert[0]), "key_file": str(cert[1])}
+    if client_ca is not None:
+        tls |= {"client_ca_file": str(client_ca), "require_client_cert": require_client_cert}
+    listener = {"address": f"127.0.0.1:{proxy.port}", "tls": tls, "proxy_protocol": proxy_protocol}
+    proxy.config["listen"] = [listener]
+    proxy.write_config()
+    return proxy.start()

@@ -13,7 +13,6 @@ import base64
 import contextlib
 import hashlib
 import shutil
-import signal
 import socket
 import socketserver
 import ssl
@@ -34,19 +33,22 @@ from connectproxy.cli import main
 from tests.conftest import ProxyFactory
 from tests.support import (
     LOOPBACK_OK_DENY,
-    HTTPSOrigin,
-    OriginServer,
-    ProxyProcess,
-    free_port,
-    request,
-)
-from tests.test_proxy_integration import (
     PASSWORD,
     PASSWORD_HASH,
     SENSOR,
+    ExternalServer,
+    HTTPSOrigin,
+    OriginServer,
+    ProxyProcess,
     basic,
     curl,
-    open_tunnel,
+    free_port,
+    metric,
+    open_tunnel_with_early_data,
+    read_exactly,
+    request,
+    tls_proxy,
+    write_leaf,
 )
 
 SQUID = "/usr/sbin/squid"
@@ -56,78 +58,11 @@ UPSTREAM_PASSWORD = "upstream secret 42"
 OK_REPLY = b"HTTP/1.1 200 OK\r\n\r\n"
 
 
-# ---- external servers, stopped by PID ----------------------------------------------------------
-
-
-def is_listening(port: int) -> bool:
-    """Whether a socket listens on 127.0.0.1:`port`, read from /proc/net/tcp (state 0A)."""
-    local = f"0100007F:{port:04X}"
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[1] == local and fields[3] == "0A":
-            return True
-    return False
-
-
-@dataclass
-class ExternalServer:
-    """A real server binary run in the foreground; its output goes to `log_path`."""
-
-    args: list[str]
-    ports: tuple[int, ...]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 10.0) -> ExternalServer:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while not all(is_listening(port) for port in self.ports):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{self.args[0]} did not start: {self.output()}")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        """SIGTERM to our PID, SIGKILL if it has not gone within five seconds."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """One sample of a Prometheus text exposition; 0 when the series is absent."""
-    wanted = name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}"
-    for line in text.splitlines():
-        if line.startswith(wanted + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def closed_port() -> int:
     """A loopback port nothing listens on: connecting to it is refused at once."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def write_leaf(ca: trustme.CA, folder: Path, stem: str, *identities: str) -> tuple[Path, Path]:
-    """A certificate (chain) and key signed by the test CA, as PEM files."""
-    leaf = ca.issue_cert(*identities)
-    cert_path, key_path = folder / f"{stem}.pem", folder / f"{stem}.key"
-    for i, blob in enumerate(leaf.cert_chain_pems):
-        blob.write_to_path(str(cert_path), append=i > 0)
-    leaf.private_key_pem.write_to_path(str(key_path))
-    return cert_path, key_path
 
 
 # ---- a recording stand-in upstream -------------------------------------------------------------
@@ -223,16 +158,6 @@ def chain_config(*proxies: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     }
     config.update(overrides)
     return config
-
-
-def read_exactly(sock: socket.socket, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def body_words(response: bytes) -> list[bytes]:
@@ -458,7 +383,7 @@ def test_connect_head_carries_our_credentials_only(
                 users=[{"name": "sensor2", "password_hash": PASSWORD_HASH}],
             )
         )
-        sock = open_tunnel(
+        sock = open_tunnel_with_early_data(
             proxy.port, f"{SENSOR}:443", extra=b"early", headers=basic("sensor2", PASSWORD)
         )
         # The bytes that came with the upstream's head reach the client first, then the echo of
@@ -485,7 +410,7 @@ def test_tunnel_bytes_from_the_upstream_head_are_counted(
     bytes_server_to_client like every other byte the client received from the tunnel."""
     with RecordingUpstream(OK_REPLY + b"bytes-from-upstream") as upstream:
         proxy = make_proxy(chain_config({"url": upstream.url}))
-        sock = open_tunnel(proxy.port, f"{SENSOR}:443")
+        sock = open_tunnel_with_early_data(proxy.port, f"{SENSOR}:443")
         assert read_exactly(sock, 19) == b"bytes-from-upstream"
         sock.sendall(b"ping")
         assert read_exactly(sock, 4) == b"ping"
@@ -504,7 +429,9 @@ def test_connect_head_without_upstream_credentials(make_proxy: ProxyFactory) -> 
                 users=[{"name": "sensor2", "password_hash": PASSWORD_HASH}],
             )
         )
-        sock = open_tunnel(proxy.port, f"{SENSOR}:443", headers=basic("sensor2", PASSWORD))
+        sock = open_tunnel_with_early_data(
+            proxy.port, f"{SENSOR}:443", headers=basic("sensor2", PASSWORD)
+        )
         sock.close()
     assert upstream.heads == [
         f"CONNECT {SENSOR}:443 HTTP/1.1\r\nHost: {SENSOR}:443\r\n\r\n".encode()
@@ -669,7 +596,9 @@ def test_direct_domains_bypass_the_upstream(make_proxy: ProxyFactory, origin: Or
             },
         )
         proxy = make_proxy(config)
-        sock = open_tunnel(proxy.port, f"download.microsoft.com:{origin.port}", extra=b"E")
+        sock = open_tunnel_with_early_data(
+            proxy.port, f"download.microsoft.com:{origin.port}", extra=b"E"
+        )
         assert sock.recv(1) == b"E"
         sock.close()
         assert upstream.connections == 0
@@ -684,31 +613,6 @@ def test_direct_domains_bypass_the_upstream(make_proxy: ProxyFactory, origin: Or
 
 
 # ---- an https:// upstream that requires a client certificate ------------------------------------
-
-
-@pytest.fixture()
-def server_cert(ca: trustme.CA, tmp_path: Path) -> tuple[Path, Path]:
-    """The certificate of a proxy's TLS listener on 127.0.0.1 (an IP SAN)."""
-    return write_leaf(ca, tmp_path, "proxy-server", "127.0.0.1")
-
-
-def tls_proxy(
-    make_proxy: ProxyFactory,
-    config: dict[str, Any],
-    cert: tuple[Path, Path],
-    client_ca: Path | None = None,
-    require_client_cert: bool = False,
-    proxy_protocol: str = "off",
-) -> ProxyProcess:
-    """A running connectproxy whose one listener serves TLS (on its own `port`)."""
-    proxy = make_proxy(config, start=False)
-    tls: dict[str, Any] = {"cert_file": str(cert[0]), "key_file": str(cert[1])}
-    if client_ca is not None:
-        tls |= {"client_ca_file": str(client_ca), "require_client_cert": require_client_cert}
-    listener = {"address": f"127.0.0.1:{proxy.port}", "tls": tls, "proxy_protocol": proxy_protocol}
-    proxy.config["listen"] = [listener]
-    proxy.write_config()
-    return proxy.start()
 
 
 def behind_chain_config(origin_port: int, **overrides: Any) -> dict[str, Any]:
@@ -755,7 +659,7 @@ def test_https_upstream_with_client_certificate(
     )
     without_cert = make_proxy(chain_config(upstream, allow=allow))
 
-    sock = open_tunnel(with_cert.port, f"{SENSOR}:{origin.port}", extra=b"Ehello")
+    sock = open_tunnel_with_early_data(with_cert.port, f"{SENSOR}:{origin.port}", extra=b"Ehello")
     assert read_exactly(sock, 6) == b"Ehello"
     sock.close()
     status, _ = request(without_cert.port, f"{SENSOR}:{origin.port}")
@@ -787,7 +691,7 @@ def test_tunnel_through_https_upstream_passes_on_eof(
         )
     )
     payload = b"H" + b"x" * 1000
-    sock = open_tunnel(a.port, f"{SENSOR}:{origin.port}", extra=payload)
+    sock = open_tunnel_with_early_data(a.port, f"{SENSOR}:{origin.port}", extra=payload)
     sock.shutdown(socket.SHUT_WR)  # the origin answers only once it has seen our EOF
     sock.settimeout(3)
     answer = b""

@@ -26,8 +26,16 @@ from typing import Any
 import pytest
 
 from tests.conftest import ProxyFactory
-from tests.support import LOOPBACK_OK_DENY, OriginServer, ProxyProcess, status_of
-from tests.test_metrics import echo_exchange, open_tunnel, scrape, value
+from tests.support import (
+    LOOPBACK_OK_DENY,
+    OriginServer,
+    ProxyProcess,
+    echo_exchange,
+    open_tunnel_from_source,
+    scrape,
+    status_of,
+    value,
+)
 
 SENSOR = "sensor.azure-devices.net"
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +55,7 @@ def config_for(port: int, **overrides: Any) -> dict[str, Any]:
 def served_promptly(proxy: ProxyProcess, origin: OriginServer, source: str = "127.0.0.1") -> float:
     """Open a tunnel, echo through it, close it; the seconds it all took."""
     began = time.monotonic()
-    sock = open_tunnel(proxy.port, f"{SENSOR}:{origin.port}", source=source)
+    sock = open_tunnel_from_source(proxy.port, f"{SENSOR}:{origin.port}", source=source)
     echo_exchange(sock, b"Eping")
     sock.close()
     return time.monotonic() - began
@@ -281,7 +289,7 @@ def test_out_of_file_descriptors_with_tunnels_open(
     needs pipes (for splice) that cannot be created. The tunnels must end or wait, not fail in a
     loop (which logs a traceback per attempt)."""
     proxy = make_proxy(config_for(origin.port, timeouts={"handshake": 30}))
-    tunnels = [open_tunnel(proxy.port, f"{SENSOR}:{origin.port}") for _ in range(4)]
+    tunnels = [open_tunnel_from_source(proxy.port, f"{SENSOR}:{origin.port}") for _ in range(4)]
     for sock in tunnels:
         echo_exchange(sock, b"Ewarm")
 

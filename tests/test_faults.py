@@ -15,7 +15,6 @@ exactly when the origin resets, stops reading or half-closes.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -23,37 +22,30 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import ProxyFactory
-from tests.support import LOOPBACK_OK_DENY, OriginServer, ProxyProcess, connect_raw, status_of
-from tests.test_metrics import echo_exchange, open_tunnel, scrape, value
-from tests.test_operations import Streamer
+from tests.support import (
+    LOOPBACK_OK_DENY,
+    OriginServer,
+    ProxyProcess,
+    Streamer,
+    connect_raw,
+    echo_exchange,
+    open_tunnel_from_source,
+    rss_kib,
+    scrape,
+    socket_count,
+    status_of,
+    value,
+)
 
 SENSOR = "sensor.azure-devices.net"
 FAULTY = "faulty.azure-devices.net"
 UPDATES = "download.microsoft.com"  # reached through the upstream in the chaining case
 RST = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
-
-
-def socket_count(pid: int) -> int:
-    """Open sockets of a process; pipes lent to tunnels come and go and are not counted."""
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
-                count += 1
-    return count
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -170,7 +162,9 @@ def make_stage(
             origin.port, listener.getsockname()[1], timeouts={"idle": idle, "shutdown_grace": 1}
         )
         proxy = make_proxy(config)
-        bystander = open_tunnel(proxy.port, f"{SENSOR}:{origin.port}", source="127.0.0.2")
+        bystander = open_tunnel_from_source(
+            proxy.port, f"{SENSOR}:{origin.port}", source="127.0.0.2"
+        )
         echo_exchange(bystander, b"Ehello")
         streamer = Streamer(bystander)
         streamers.append(streamer)

@@ -22,7 +22,21 @@ from prometheus_client.parser import text_string_to_metric_families
 from connectproxy.metrics import OUTCOMES
 from connectproxy.passwords import hash_password
 from tests.conftest import ProxyFactory
-from tests.support import LOOPBACK_OK_DENY, OriginServer, ProxyProcess, status_of
+from tests.support import (
+    LOOPBACK_OK_DENY,
+    OriginServer,
+    ProxyProcess,
+    connect_from,
+    echo_exchange,
+    finish,
+    http_get,
+    open_tunnel_from_source,
+    read_head,
+    scrape,
+    status_of,
+    value,
+    wait_for_metric,
+)
 
 SENSOR = "sensor.azure-devices.net"
 SLOW = "slow.azure-devices.net"
@@ -30,50 +44,12 @@ UPDATES = "download.microsoft.com"
 PASSWORD = "correct horse battery staple"
 PASSWORD_HASH = hash_password(PASSWORD)
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
 # ---- scraping ---------------------------------------------------------------------------------
-
-
-def http_get(port: int, path: str, method: str = "GET") -> tuple[int, bytes]:
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    return status_of(data), data.split(b"\r\n\r\n", 1)[1]
 
 
 def families(proxy: ProxyProcess) -> dict[str, str]:
     """Metric family name -> type, as a Prometheus server would read them."""
     return {f.name: f.type for f in text_string_to_metric_families(proxy.metrics_text())}
-
-
-def scrape(proxy: ProxyProcess) -> Samples:
-    samples: Samples = {}
-    for family in text_string_to_metric_families(proxy.metrics_text()):
-        for s in family.samples:
-            samples[(s.name, frozenset(s.labels.items()))] = s.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """A sample's value; 0 for a labelled child never created (nothing counted yet)."""
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def wait_for_metric(
-    proxy: ProxyProcess, name: str, expected: float, timeout: float = 5.0, **labels: str
-) -> Samples:
-    """Poll until the sample has the expected value (gauges move when a task ends, bytes every
-    couple of seconds); returns the last scrape for further checks."""
-    deadline = time.monotonic() + timeout
-    while True:
-        samples = scrape(proxy)
-        if value(samples, name, **labels) == expected or time.monotonic() > deadline:
-            return samples
-        time.sleep(0.1)
 
 
 # ---- clients ----------------------------------------------------------------------------------
@@ -82,29 +58,6 @@ def wait_for_metric(
 def basic(user: str, password: str) -> str:
     token = base64.b64encode(f"{user}:{password}".encode()).decode()
     return f"Proxy-Authorization: Basic {token}\r\n"
-
-
-def connect_from(source: str, port: int) -> socket.socket:
-    sock = socket.socket()
-    sock.settimeout(10)
-    sock.bind((source, 0))
-    sock.connect(("127.0.0.1", port))
-    return sock
-
-
-def read_head(sock: socket.socket) -> bytes:
-    """The response head, byte by byte so nothing of a tunnel is consumed with it; for an
-    error answer the body too, up to the proxy's close."""
-    data = b""
-    while not data.endswith(b"\r\n\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            return data
-        data += chunk
-    if status_of(data) != 200:
-        while chunk := sock.recv(4096):
-            data += chunk
-    return data
 
 
 def ask(
@@ -116,34 +69,6 @@ def ask(
             raw = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{headers}\r\n".encode()
         sock.sendall(raw)
         return status_of(read_head(sock))
-
-
-def open_tunnel(
-    port: int, target: str, headers: str = "", source: str = "127.0.0.1"
-) -> socket.socket:
-    sock = connect_from(source, port)
-    sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{headers}\r\n".encode())
-    head = read_head(sock)
-    assert status_of(head) == 200, head
-    return sock
-
-
-def echo_exchange(sock: socket.socket, payload: bytes) -> None:
-    sock.sendall(payload)
-    got = b""
-    while len(got) < len(payload):
-        chunk = sock.recv(65536)
-        assert chunk, "tunnel closed early"
-        got += chunk
-    assert got == payload
-
-
-def finish(sock: socket.socket) -> None:
-    """Half-close and read to the end, so every byte the proxy copied has been counted."""
-    sock.shutdown(socket.SHUT_WR)
-    while sock.recv(65536):
-        pass
-    sock.close()
 
 
 def closed_port() -> int:
@@ -265,7 +190,7 @@ def test_every_outcome_is_counted_exactly(
 
     # established: one admitted by address, one by credentials from another address.
     for source, headers in (("127.0.0.1", ""), ("127.0.0.2", good)):
-        sock = open_tunnel(port, f"{SENSOR}:{origin.port}", headers, source)
+        sock = open_tunnel_from_source(port, f"{SENSOR}:{origin.port}", headers, source)
         echo_exchange(sock, b"Ehello")
         finish(sock)
         expected["established"] += 1
@@ -325,8 +250,8 @@ def test_tunnel_gauges_bytes_and_histograms(make_proxy: ProxyFactory, origin: Or
     proxy = make_proxy(base_config(origin.port))
     target = f"{SENSOR}:{origin.port}"
     good = basic("sensor2", PASSWORD)
-    local = open_tunnel(proxy.port, target)
-    others = [open_tunnel(proxy.port, target, good, "127.0.0.2") for _ in range(2)]
+    local = open_tunnel_from_source(proxy.port, target)
+    others = [open_tunnel_from_source(proxy.port, target, good, "127.0.0.2") for _ in range(2)]
     samples = wait_for_metric(proxy, "connectproxy_tunnels_active", 2, client="sensor2")
     assert value(samples, "connectproxy_tunnels_active", client="local") == 1
     assert value(samples, "connectproxy_tunnels_active", client="sensor2") == 2
@@ -370,7 +295,7 @@ def test_report_mode_counts_would_deny(make_proxy: ProxyFactory, origin: OriginS
     config["destinations"]["hosts"]["elsewhere.example.org"] = "127.0.0.1"
     proxy = make_proxy(config)
     for target in ("elsewhere.example.org", "elsewhere.example.org", SENSOR):
-        sock = open_tunnel(proxy.port, f"{target}:{origin.port}")
+        sock = open_tunnel_from_source(proxy.port, f"{target}:{origin.port}")
         echo_exchange(sock, b"E")
         finish(sock)
     assert ask(proxy.port, "elsewhere.example.org:22") == 403  # ports are still enforced

@@ -12,7 +12,6 @@ import copy
 import os
 import signal
 import socket
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,12 +24,19 @@ from tests.support import (
     LOOPBACK_OK_DENY,
     OriginServer,
     ProxyProcess,
+    Streamer,
     connect_raw,
+    echo_exchange,
+    finish,
     free_port,
+    http_get,
     request,
+    scrape,
     status_of,
+    value,
+    wait_for_metric,
+    wait_until,
 )
-from tests.test_metrics import echo_exchange, finish, http_get, scrape, value, wait_for_metric
 
 SENSOR = "sensor.azure-devices.net"
 UPDATES = "download.microsoft.com"
@@ -63,46 +69,6 @@ def open_tunnel(port: int, target: str) -> socket.socket:
     assert status_of(head) == 200, head
     assert sock.recv(1) == b"E"
     return sock
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or condition}")
-        time.sleep(0.05)
-
-
-class Streamer:
-    """Keeps a tunnel busy from a background thread: a block out, its echo back, again."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.rounds = 0
-        self.error: BaseException | None = None
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        block = os.urandom(16384)
-        try:
-            while not self.stopped.is_set():
-                echo_exchange(self.sock, block)
-                self.rounds += 1
-                time.sleep(0.005)
-        except BaseException as exc:
-            self.error = exc
-
-    def wait_rounds(self, more: int) -> None:
-        target = self.rounds + more
-        wait_until(lambda: self.rounds >= target or self.error is not None, what="tunnel traffic")
-        assert self.error is None, self.error
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.thread.join(5)
-        assert self.error is None, self.error
 
 
 def refused_or_503(port: int) -> bool:

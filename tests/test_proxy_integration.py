@@ -5,64 +5,34 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from connectproxy.passwords import hash_password
 from tests.conftest import ProxyFactory
 from tests.support import (
-    LOOPBACK_OK_DENY,
+    PASSWORD,
+    PASSWORD_HASH,
+    SENSOR,
     HTTPSOrigin,
     OriginServer,
+    basic,
+    config_for,
     connect_raw,
+    curl,
+    open_tunnel_with_early_data,
     pattern,
     request,
     status_of,
 )
 
-SENSOR = "sensor.azure-devices.net"
-PASSWORD = "correct horse battery staple"
-PASSWORD_HASH = hash_password(PASSWORD)
-
-
-def config_for(port: int, **overrides: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "allow": {
-            "ports": [443, port],
-            "domains": [".azure-devices.net", "download.microsoft.com"],
-        },
-        "clients": [{"name": "local", "networks": ["127.0.0.0/8", "::1"]}],
-        "destinations": {
-            "hosts": {SENSOR: "127.0.0.1", "download.microsoft.com": "127.0.0.1"},
-            "deny_networks": LOOPBACK_OK_DENY,
-        },
-    }
-    config.update(overrides)
-    return config
-
 
 def users_only(port: int) -> dict[str, Any]:
     """Nobody admitted by address: only the Basic user `sensor2`."""
     return config_for(port, clients=[], users=[{"name": "sensor2", "password_hash": PASSWORD_HASH}])
-
-
-def basic(user: str, password: str) -> str:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return f"Proxy-Authorization: Basic {token}\r\n"
-
-
-def open_tunnel(port: int, target: str, extra: bytes = b"", headers: str = "") -> socket.socket:
-    head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{headers}\r\n".encode()
-    sock, data = connect_raw(port, head + extra, timeout=10)
-    assert status_of(data) == 200, data
-    assert data.endswith(b"\r\n\r\n"), data  # nothing of the tunnel was read with the head
-    return sock
 
 
 def recv_all(sock: socket.socket) -> bytes:
@@ -73,13 +43,6 @@ def recv_all(sock: socket.socket) -> bytes:
 
 
 # ---- the happy path with real clients ---------------------------------------------------------
-
-CURL = shutil.which("curl")
-
-
-def curl(*args: str) -> subprocess.CompletedProcess[str]:
-    assert CURL, "curl is installed by .ci/run"
-    return subprocess.run([CURL, "-sS", "--max-time", "10", *args], capture_output=True, text=True)
 
 
 def test_curl_through_proxy_to_tls_origin(
@@ -143,7 +106,7 @@ def test_ipv6_listener_and_origin(make_proxy: ProxyFactory) -> None:
             origin6.port, allow={"ports": [origin6.port], "domains": [], "networks": ["::1/128"]}
         )
         proxy = make_proxy(config)
-        sock = open_tunnel(proxy.port, f"[::1]:{origin6.port}", extra=b"E")
+        sock = open_tunnel_with_early_data(proxy.port, f"[::1]:{origin6.port}", extra=b"E")
         assert sock.recv(10) == b"E"
         sock.close()
 
@@ -336,7 +299,7 @@ def test_per_source_limit_is_503_without_reading(
     for s in held:
         s.close()
     time.sleep(0.2)
-    sock = open_tunnel(proxy.port, f"{SENSOR}:{origin.port}", extra=b"E")
+    sock = open_tunnel_with_early_data(proxy.port, f"{SENSOR}:{origin.port}", extra=b"E")
     assert sock.recv(1) == b"E"
     sock.close()
 
@@ -358,7 +321,7 @@ def test_max_connections_is_503(make_proxy: ProxyFactory, origin: OriginServer) 
 
 def test_early_data_is_delivered_first(make_proxy: ProxyFactory, origin: OriginServer) -> None:
     proxy = make_proxy(config_for(origin.port))
-    sock = open_tunnel(proxy.port, f"{SENSOR}:{origin.port}", extra=b"Ehello")
+    sock = open_tunnel_with_early_data(proxy.port, f"{SENSOR}:{origin.port}", extra=b"Ehello")
     data = b""
     while len(data) < 6:
         data += sock.recv(100)
@@ -368,7 +331,7 @@ def test_early_data_is_delivered_first(make_proxy: ProxyFactory, origin: OriginS
 
 def test_half_close_client_to_server(make_proxy: ProxyFactory, origin: OriginServer) -> None:
     proxy = make_proxy(config_for(origin.port))
-    sock = open_tunnel(proxy.port, f"{SENSOR}:{origin.port}")
+    sock = open_tunnel_with_early_data(proxy.port, f"{SENSOR}:{origin.port}")
     payload = b"H" + b"x" * 100_000
     sock.sendall(payload)
     sock.shutdown(socket.SHUT_WR)  # the origin answers only after it sees our EOF
@@ -378,7 +341,7 @@ def test_half_close_client_to_server(make_proxy: ProxyFactory, origin: OriginSer
 
 def test_half_close_server_to_client(make_proxy: ProxyFactory, origin: OriginServer) -> None:
     proxy = make_proxy(config_for(origin.port))
-    sock = open_tunnel(proxy.port, f"{SENSOR}:{origin.port}", extra=b"R")
+    sock = open_tunnel_with_early_data(proxy.port, f"{SENSOR}:{origin.port}", extra=b"R")
     assert recv_all(sock) == b"bye"  # the origin's EOF reached us...
     late = b"still flowing" * 1000
     sock.sendall(late)  # ...and our direction still works
@@ -392,7 +355,7 @@ def test_half_close_server_to_client(make_proxy: ProxyFactory, origin: OriginSer
 
 def test_idle_timeout_closes_both_sides(make_proxy: ProxyFactory, origin: OriginServer) -> None:
     proxy = make_proxy(config_for(origin.port, timeouts={"idle": 1}))
-    sock = open_tunnel(proxy.port, f"{SENSOR}:{origin.port}", extra=b"E")
+    sock = open_tunnel_with_early_data(proxy.port, f"{SENSOR}:{origin.port}", extra=b"E")
     assert sock.recv(1) == b"E"
     sock.settimeout(5)
     began = time.monotonic()
@@ -408,7 +371,7 @@ def test_reset_from_origin_closes_client(make_proxy: ProxyFactory) -> None:
         listener.listen(1)
         port = listener.getsockname()[1]
         proxy = make_proxy(config_for(port))
-        sock = open_tunnel(proxy.port, f"{SENSOR}:{port}")
+        sock = open_tunnel_with_early_data(proxy.port, f"{SENSOR}:{port}")
         conn, _ = listener.accept()
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         conn.close()  # RST
@@ -433,7 +396,9 @@ def test_backpressure_keeps_memory_bounded(make_proxy: ProxyFactory, origin: Ori
     size = 300 * 1024 * 1024
     proxy = make_proxy(config_for(origin.port))
     assert proxy.proc is not None
-    sock = open_tunnel(proxy.port, f"{SENSOR}:{origin.port}", extra=b"D" + size.to_bytes(8, "big"))
+    sock = open_tunnel_with_early_data(
+        proxy.port, f"{SENSOR}:{origin.port}", extra=b"D" + size.to_bytes(8, "big")
+    )
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     before = _rss_kib(proxy.proc.pid)
     time.sleep(2)
@@ -457,13 +422,17 @@ def test_100mb_each_way_checked_by_hash(make_proxy: ProxyFactory, origin: Origin
     for chunk in pattern(size):
         expected.update(chunk)
 
-    up = open_tunnel(proxy.port, f"{SENSOR}:{origin.port}", extra=b"S" + size.to_bytes(8, "big"))
+    up = open_tunnel_with_early_data(
+        proxy.port, f"{SENSOR}:{origin.port}", extra=b"S" + size.to_bytes(8, "big")
+    )
     for chunk in pattern(size):
         up.sendall(chunk)
     assert recv_all(up).decode() == expected.hexdigest()
     up.close()
 
-    down = open_tunnel(proxy.port, f"{SENSOR}:{origin.port}", extra=b"D" + size.to_bytes(8, "big"))
+    down = open_tunnel_with_early_data(
+        proxy.port, f"{SENSOR}:{origin.port}", extra=b"D" + size.to_bytes(8, "big")
+    )
     h = hashlib.sha256()
     got = 0
     while data := down.recv(1 << 20):
@@ -482,7 +451,7 @@ def test_one_bad_client_does_not_disturb_others(
     make_proxy: ProxyFactory, origin: OriginServer
 ) -> None:
     proxy = make_proxy(config_for(origin.port))
-    good = open_tunnel(proxy.port, f"{SENSOR}:{origin.port}", extra=b"E")
+    good = open_tunnel_with_early_data(proxy.port, f"{SENSOR}:{origin.port}", extra=b"E")
     assert good.recv(1) == b"E"
     for junk in (b"\x16\x03\x01\x00\xff" + b"\x00" * 300, b"\xff" * 9000, b"CONNECT"):
         s = socket.create_connection(("127.0.0.1", proxy.port))

@@ -21,9 +21,18 @@ import pytest
 import trustme
 
 from tests.conftest import ProxyFactory
-from tests.support import LOOPBACK_OK_DENY, OriginServer, ProxyProcess, free_port, status_of
-from tests.test_chaining import ExternalServer, metric, read_exactly, write_leaf
-from tests.test_proxy_integration import SENSOR
+from tests.support import (
+    LOOPBACK_OK_DENY,
+    SENSOR,
+    ExternalServer,
+    OriginServer,
+    ProxyProcess,
+    free_port,
+    metric,
+    read_exactly,
+    status_of,
+    write_leaf,
+)
 
 HAPROXY = "/usr/sbin/haproxy"
 ADMITTED = "127.0.0.2"

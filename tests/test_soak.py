@@ -36,9 +36,7 @@ import pytest
 import uvloop
 
 from tests.conftest import ProxyFactory
-from tests.support import LOOPBACK_OK_DENY, ProxyProcess
-from tests.test_faults import rss_kib, socket_count
-from tests.test_metrics import scrape, value
+from tests.support import LOOPBACK_OK_DENY, ProxyProcess, rss_kib, scrape, socket_count, value
 
 SENSOR = "sensor.azure-devices.net"
 TUNNELS = int(os.environ.get("SOAK_TUNNELS", "5000"))

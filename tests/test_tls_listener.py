@@ -16,16 +16,21 @@ import pytest
 import trustme
 
 from tests.conftest import ProxyFactory
-from tests.support import HTTPSOrigin, OriginServer, ProxyProcess, status_of
-from tests.test_chaining import metric, read_exactly, tls_proxy, write_leaf
-from tests.test_proxy_integration import SENSOR, config_for, curl
+from tests.support import (
+    SENSOR,
+    HTTPSOrigin,
+    OriginServer,
+    ProxyProcess,
+    config_for,
+    curl,
+    metric,
+    read_exactly,
+    status_of,
+    tls_proxy,
+    write_leaf,
+)
 
 SENSOR_NAME = "sensor-7.plant-b"
-
-
-@pytest.fixture()
-def server_cert(ca: trustme.CA, tmp_path: Path) -> tuple[Path, Path]:
-    return write_leaf(ca, tmp_path, "proxy-server", "127.0.0.1")
 
 
 @pytest.fixture()
