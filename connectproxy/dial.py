@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import os
 import socket
 
-from connectproxy.addresses import normalise
+from connectproxy.addresses import normalise, parse_address
 from connectproxy.config import Config, IPAddress
 from connectproxy.http import Target
 from connectproxy.sockio import wait_writable
@@ -40,20 +39,21 @@ async def resolve(target: Target, config: Config) -> list[IPAddress]:
     static = config.destinations.lookup_host(target.host)
     if static is not None:
         return [normalise(a) for a in static]
+    return await lookup(target.host, target.port)
+
+
+async def lookup(host: str, port: int) -> list[IPAddress]:
+    """DNS through the loop's resolver (which runs off the loop), deduplicated, in order."""
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(
-            target.host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
         )
     except (socket.gaierror, UnicodeError) as exc:
-        raise DialError(502, "resolve_failed", f"cannot resolve {target.host}: {exc}") from None
-    addrs: list[IPAddress] = []
-    for _family, _type, _proto, _canon, sockaddr in infos:
-        addr = normalise(ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0]))
-        if addr not in addrs:
-            addrs.append(addr)
+        raise DialError(502, "resolve_failed", f"cannot resolve {host}: {exc}") from None
+    addrs = list(dict.fromkeys(parse_address(str(info[4][0])) for info in infos))
     if not addrs:
-        raise DialError(502, "resolve_failed", f"no addresses for {target.host}")
+        raise DialError(502, "resolve_failed", f"no addresses for {host}")
     return addrs
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from connectproxy.addresses import in_networks, is_denied, normalise
-from connectproxy.config import Config, IPAddress, UpstreamProxy
+from connectproxy.config import Config, IPAddress
 from connectproxy.http import Target
 
 Route = Literal["direct", "upstream"]
@@ -139,7 +139,3 @@ def usable_addresses(addrs: list[IPAddress], config: Config) -> list[IPAddress]:
             seen.add(addr)
             out.append(addr)
     return out
-
-
-def upstream_label(proxy: UpstreamProxy | None) -> str | None:
-    return None if proxy is None else proxy.name

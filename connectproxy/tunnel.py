@@ -28,8 +28,6 @@ CHUNK = 1 << 16  # copy mode: bytes per read into the shared buffer
 PIPE_SIZE = 1 << 20  # splice mode: bytes per read into a pipe (Linux's default pipe-max-size)
 _SPLICE = getattr(os, "splice", None)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
-_F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ, absent from older Python fcntl modules
-_F_GETPIPE_SZ = 1032
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 splice_available = _SPLICE is not None
@@ -117,9 +115,9 @@ class PipePool:
             return self._free.pop()
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            size = fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
+            size = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         except OSError:
-            size = fcntl.fcntl(w, _F_GETPIPE_SZ)  # a smaller pipe: more system calls per MB
+            size = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)  # a smaller pipe: more system calls per MB
         return r, w, size
 
     def give(self, pipe: tuple[int, int, int]) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ipaddress
 import re
 import socket
 import ssl
@@ -17,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from connectproxy.config import Upstream, UpstreamProxy
-from connectproxy.dial import DialError, open_tcp
+from connectproxy.dial import DialError, lookup, open_tcp
 from connectproxy.http import Target
 from connectproxy.metrics import Metrics
 from connectproxy.sockio import handshake, recv, send_all
@@ -135,13 +134,8 @@ class Upstreams:
         return sock, status, reason, rest
 
     async def _connect(self, proxy: UpstreamProxy) -> socket.socket:
-        loop = asyncio.get_running_loop()
         try:
-            infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
-            addrs = list(
-                dict.fromkeys(ipaddress.ip_address(str(i[4][0]).split("%", 1)[0]) for i in infos)
-            )
-            sock = await open_tcp(addrs, proxy.port)
+            sock = await open_tcp(await lookup(proxy.host, proxy.port), proxy.port)
         except (OSError, DialError) as exc:
             raise _Unusable(f"{proxy.name}: {exc}") from None
         ctx = self.contexts.get(proxy.name)

@@ -39,7 +39,6 @@ from connectproxy.policy import (
     decide,
     destination_allowed,
     route_for,
-    upstream_label,
     usable_addresses,
 )
 
@@ -481,14 +480,14 @@ def test_decide_carries_the_route() -> None:
     assert flagged.would_deny and flagged.route == "upstream"
 
 
-def test_upstream_label_never_carries_credentials() -> None:
+def test_upstream_name_never_carries_credentials() -> None:
+    """The name is what metrics labels and the access log use for an upstream."""
     secret = replace(PROXY, username="ot-egress", password="hunter2")
-    assert upstream_label(secret) == "http://proxy.corp.example:8080"
+    assert secret.name == "http://proxy.corp.example:8080"
     v6 = UpstreamProxy(
         url="https://[2001:db8::8]:8443", scheme="https", host="2001:db8::8", port=8443
     )
-    assert upstream_label(v6) == "https://[2001:db8::8]:8443"
-    assert upstream_label(None) is None
+    assert v6.name == "https://[2001:db8::8]:8443"
 
 
 # --- step 6: resolved addresses -----------------------------------------------------------------
