@@ -48,6 +48,8 @@ REPO_DIR = BENCH_DIR.parent
 TARGET_HOST = "bench.azure-devices.net"
 DENIED_HOST = "denied.example.com"
 KNOWN_PROXIES = ("connectproxy", "squid", "direct")
+# "connectproxy-w2": connectproxy with --workers 2, so one run can compare worker counts.
+WORKERS_NAME = re.compile(r"connectproxy-w([1-9][0-9]?)")
 SCENARIOS = ("rate", "throughput", "idle")
 TRANSFERS = (("up", 1), ("down", 1), ("up", 8), ("down", 8))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -84,7 +86,8 @@ class Settings:
     squid: str
     proxy_cpu: int | None  # None: a single-CPU machine, nothing is pinned
     client_cpu: int | None
-    proxy_unpinned: bool  # --workers scaling: the proxy may use every CPU
+    proxy_unpinned: bool  # the proxy may use every CPU; the client stays pinned
+    unpinned: bool  # nothing is pinned (proxy_cpu and client_cpu are None)
     out: Path | None
     keep_rundir: bool
     quick: bool
@@ -109,7 +112,8 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         "--proxies",
         default=None,
         help="comma-separated, from: connectproxy, squid, direct (no proxy: the "
-        "harness's own limit). Default: connectproxy and, if installed, squid",
+        "harness's own limit), connectproxy-wN (connectproxy --workers N). "
+        "Default: connectproxy and, if installed, squid",
     )
     p.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all")
     p.add_argument("--rounds", type=int, default=3, help="figures are medians over rounds")
@@ -151,7 +155,13 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     p.add_argument(
         "--proxy-unpinned",
         action="store_true",
-        help="let the proxy use every CPU (the client stays pinned): for --workers scaling",
+        help="let the proxy use every CPU (the client stays pinned)",
+    )
+    p.add_argument(
+        "--unpinned",
+        action="store_true",
+        help="pin nothing: proxy, load generator and origin share every CPU. For --workers "
+        "scaling on a machine where the load generator cannot run elsewhere",
     )
     p.add_argument(
         "--out",
@@ -175,9 +185,9 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         names = ["connectproxy"] + (["squid"] if Path(a.squid).exists() else [])
     else:
         names = [n.strip() for n in a.proxies.split(",") if n.strip()]
-    unknown = [n for n in names if n not in KNOWN_PROXIES]
+    unknown = [n for n in names if n not in KNOWN_PROXIES and not WORKERS_NAME.fullmatch(n)]
     if unknown or not names or len(set(names)) != len(names):
-        p.error(f"--proxies: give distinct names from {', '.join(KNOWN_PROXIES)}")
+        p.error(f"--proxies: give distinct names from {', '.join(KNOWN_PROXIES)}, connectproxy-wN")
     if "squid" in names and shutil.which(a.squid) is None:
         p.error(f"--proxies: squid is not installed at {a.squid} (use --squid PATH)")
     if a.workers is not None and a.workers < 1:
@@ -192,7 +202,10 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     if a.bytes < 8:
         p.error("--bytes must be at least 8")
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) >= 2:
+    if a.unpinned:
+        if a.proxy_cpu is not None or a.client_cpu is not None:
+            p.error("--unpinned pins nothing: drop --proxy-cpu and --client-cpu")
+    elif len(cpus) >= 2:
         a.proxy_cpu = cpus[0] if a.proxy_cpu is None else a.proxy_cpu
         a.client_cpu = cpus[1] if a.client_cpu is None else a.client_cpu
         if a.proxy_cpu not in cpus or a.client_cpu not in cpus or a.proxy_cpu == a.client_cpu:
@@ -219,6 +232,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         proxy_cpu=a.proxy_cpu,
         client_cpu=a.client_cpu,
         proxy_unpinned=a.proxy_unpinned,
+        unpinned=a.unpinned,
         out=a.out,
         keep_rundir=a.keep_rundir,
         quick=a.quick,
@@ -513,7 +527,9 @@ class Bench:
         self.access_log_lines: dict[str, list[int]] = {}
         self.targets: dict[str, JsonDict] = {}
         self.noise: list[float] = []  # other processes' CPU % during each measurement
-        if settings.proxy_cpu is None:
+        if settings.unpinned:
+            self.warn("--unpinned: the proxy, the load generator and the origin share every CPU")
+        elif settings.proxy_cpu is None:
             self.warn("one CPU only: nothing is pinned, and the proxy shares it with the client")
         self.idle_tunnels = min(settings.idle_tunnels, (self.nofile - 300) // 2)
         if self.idle_tunnels < settings.idle_tunnels:
@@ -566,15 +582,17 @@ class Bench:
             "access_log": str(access_log),
             "cache_log": str(cache_log),
         }
-        if name == "connectproxy":
+        workers = WORKERS_NAME.fullmatch(name)
+        if name == "connectproxy" or workers:
             t.access_log = access_log
             fields["metrics_port"] = free_port()
             t.config_text = template("connectproxy.yaml", fields)
-            conf = self.rundir / f"connectproxy-{n}.yaml"
+            conf = self.rundir / f"{name}-{n}.yaml"
             conf.write_text(t.config_text)
             t.command = [self.s.connectproxy, "run", "--config", str(conf)]
-            if self.s.workers is not None:
-                t.command += ["--workers", str(self.s.workers)]
+            count = workers.group(1) if workers else self.s.workers
+            if count is not None:
+                t.command += ["--workers", str(count)]
         elif name == "squid":
             t.access_log = access_log
             t.diag_log = cache_log
@@ -1102,7 +1120,7 @@ def environment(s: Settings) -> JsonDict:
     }
     if "squid" in s.proxies:
         env["squid"] = cmd([s.squid, "-v"])
-    if "connectproxy" in s.proxies and cp_python.exists():
+    if any(n.startswith("connectproxy") for n in s.proxies) and cp_python.exists():
         env["connectproxy_python"] = cmd(
             [
                 str(cp_python),
@@ -1211,7 +1229,7 @@ def run(s: Settings) -> tuple[JsonDict, int]:
             shutil.rmtree(rundir, ignore_errors=True)
 
     summary = summarize(rounds, s.proxies)
-    pair = next(((c, "squid") for c in s.proxies if c != "squid" and "squid" in s.proxies), None)
+    pair = comparison(s.proxies)
     ratio = ratios(summary, *pair) if pair else {}
     failures = {
         p: sum(summary[p].get(k, {}).get("sum", 0) for k in FAILURE_KEYS) for p in s.proxies
@@ -1239,6 +1257,19 @@ def run(s: Settings) -> tuple[JsonDict, int]:
     }
     status = 1 if error or missing or any(failures.values()) else 0
     return result, status
+
+
+def comparison(proxies: Sequence[str]) -> tuple[str, str] | None:
+    """Which two targets the ratio column compares: the candidate against Squid, or else the
+    most workers against the fewest (a scaling run)."""
+    if "squid" in proxies:
+        return next(((c, "squid") for c in proxies if c != "squid"), None)
+    scaled = sorted(
+        (int(m.group(1)), name) for name in proxies if (m := WORKERS_NAME.fullmatch(name))
+    )
+    if len(scaled) >= 2:
+        return scaled[-1][1], scaled[0][1]
+    return None
 
 
 def headline(scenario: str, m: JsonDict) -> str:

@@ -135,3 +135,44 @@ def test_ratios_and_table_compare_connectproxy_with_squid(result: dict[str, Any]
 def test_nothing_is_left_running(result: dict[str, Any]) -> None:
     assert not Path(result["rundir"]).exists()
     assert processes_mentioning(result["rundir"]) == []
+
+
+def test_a_scaling_run_compares_worker_counts_with_nothing_pinned(tmp_path: Path) -> None:
+    """`--proxies connectproxy-w1,connectproxy-w2 --unpinned`: the run that shows `--workers`
+    scaling on a machine whose load generator has no other host to run on."""
+    out = tmp_path / "scaling.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "run.py"),
+            "--quick",
+            "--scenario",
+            "rate",
+            "--unpinned",
+            "--proxies",
+            "connectproxy-w1,connectproxy-w2",
+            "--connectproxy",
+            str(Path(sys.executable).parent / "connectproxy"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["settings"]["unpinned"] is True
+    assert result["settings"]["proxy_cpu"] is None and result["settings"]["client_cpu"] is None
+    for workers in (1, 2):
+        name = f"connectproxy-w{workers}"
+        assert result["targets"][name]["command"][-2:] == ["--workers", str(workers)]
+        assert result["summary"][name]["rate.tunnels_per_s"]["median"] > 0
+        assert result["summary"][name]["rate.failed"]["sum"] == 0
+    ratios = result["ratios"]
+    assert (ratios["candidate"], ratios["reference"]) == ("connectproxy-w2", "connectproxy-w1")
+    assert "| metric | connectproxy-w1 | connectproxy-w2 | connectproxy-w2/connectproxy-w1 |" in (
+        result["table_markdown"]
+    )
+    assert processes_mentioning(result["rundir"]) == []
