@@ -172,7 +172,8 @@ def test_a_scaling_run_compares_worker_counts_with_nothing_pinned(tmp_path: Path
         assert result["summary"][name]["rate.failed"]["sum"] == 0
     ratios = result["ratios"]
     assert (ratios["candidate"], ratios["reference"]) == ("connectproxy-w2", "connectproxy-w1")
-    assert "| metric | connectproxy-w1 | connectproxy-w2 | connectproxy-w2/connectproxy-w1 |" in (
-        result["table_markdown"]
+    assert (
+        "| metric | connectproxy-w1 | connectproxy-w2 | connectproxy-w2/connectproxy-w1 |"
+        in (result["table_markdown"])
     )
     assert processes_mentioning(result["rundir"]) == []
