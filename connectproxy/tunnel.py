@@ -47,6 +47,10 @@ class Poller:
         self._epoll = select.epoll()
         self._readers: dict[int, Callable[[], None]] = {}
         self._writers: dict[int, Callable[[], None]] = {}
+        # What the kernel's set holds for each descriptor, so a change is one epoll_ctl that
+        # does not fail: trying MOD first on a new descriptor cost a failed system call and an
+        # exception per socket. Tunnels call `forget` before closing a descriptor.
+        self._masks: dict[int, int] = {}
         self._loop = loop
         loop.add_reader(self._epoll.fileno(), self._dispatch)
 
@@ -54,16 +58,26 @@ class Poller:
         mask = (select.EPOLLIN if fd in self._readers else 0) | (
             select.EPOLLOUT if fd in self._writers else 0
         )
+        had = self._masks.pop(fd, 0)
+        if mask:
+            self._masks[fd] = mask
+        if mask == had:
+            return
         try:
-            if mask:
-                try:
-                    self._epoll.modify(fd, mask)
-                except FileNotFoundError:
-                    self._epoll.register(fd, mask)
-            else:
+            if not mask:
                 self._epoll.unregister(fd)
-        except (FileNotFoundError, OSError):
-            pass  # already closed: the kernel dropped it from the set
+            elif not had:
+                self._epoll.register(fd, mask)
+            else:
+                self._epoll.modify(fd, mask)
+        except OSError:
+            # The kernel's set disagrees with the record (the descriptor was closed, or closed
+            # and its number reused): start this number over.
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
+            if mask:
+                with contextlib.suppress(OSError):
+                    self._epoll.register(fd, mask)
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
         self._readers[fd] = callback
@@ -80,6 +94,15 @@ class Poller:
     def remove_writer(self, fd: int) -> None:
         if self._writers.pop(fd, None) is not None:
             self._update(fd)
+
+    def forget(self, fd: int) -> None:
+        """Before `fd` is closed: drop whatever is still registered for it, so no entry outlives
+        the descriptor and misleads the next socket that gets the same number."""
+        self._readers.pop(fd, None)
+        self._writers.pop(fd, None)
+        if self._masks.pop(fd, 0):
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
 
     def _dispatch(self) -> None:
         errors = select.EPOLLERR | select.EPOLLHUP
@@ -236,7 +259,9 @@ class Tunnel:
         self.upstream = _Finished(self.upstream.count)
         self.downstream = _Finished(self.downstream.count)
         for sock in (self.client, self.server):
-            if sock.fileno() >= 0:
+            fd = sock.fileno()
+            if fd >= 0:
+                self.io.forget(fd)
                 sock.close()
 
 
