@@ -15,11 +15,13 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from connectproxy import proxyproto
 from connectproxy.addresses import parse_address
 from connectproxy.auth import Authenticator
 from connectproxy.config import Config, IPAddress, Listener
+from connectproxy.deadlines import Deadlines
 from connectproxy.dial import DialError, open_tcp, resolve
 from connectproxy.http import (
     ALLOW_CONNECT,
@@ -163,6 +165,7 @@ class Server:
         self.log = get_logger()
         self.pipes = PipePool() if splice_available else None
         self.io = Poller(self.loop)
+        self.deadlines = Deadlines(self.loop)
         self.buffer = memoryview(bytearray(CHUNK))
         self._flusher: asyncio.TimerHandle | None = None
         self._log_flusher: asyncio.TimerHandle | None = None
@@ -300,6 +303,12 @@ class Server:
 
     # ---- one connection ---------------------------------------------------------------------
 
+    def _task(self) -> asyncio.Task[Any]:
+        """The running connection's task; given the loop, asyncio does not look it up."""
+        task = asyncio.current_task(self.loop)
+        assert task is not None
+        return task
+
     async def _serve(self, sock: socket.socket, peer: tuple[str, int], entry: _Listening) -> None:
         policy = self.policy
         config = policy.config
@@ -316,7 +325,7 @@ class Server:
         stage = "proxy header" if listener.proxy_protocol != "off" else "request"
         try:
             try:
-                async with asyncio.timeout(config.timeouts.handshake):
+                with self.deadlines.limit(self._task(), config.timeouts.handshake):
                     if listener.proxy_protocol != "off":
                         source_addr, source_port = await self._read_proxy_header(
                             sock, listener, source_addr, source_port
@@ -490,7 +499,7 @@ class Server:
             return sock, rest
         stage = "resolve"
         try:
-            async with asyncio.timeout(config.timeouts.connect):
+            with self.deadlines.limit(self._task(), config.timeouts.connect):
                 addrs = await resolve(target, config)
                 usable = usable_addresses(addrs, config)
                 if not usable:
@@ -621,6 +630,7 @@ class Server:
         if self.pipes is not None:
             self.pipes.close()
         self.io.close()
+        self.deadlines.close()
         self.policy.auth.close()
         self.access_log.flush()
 
