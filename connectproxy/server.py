@@ -13,6 +13,7 @@ import errno
 import resource
 import socket
 import ssl
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,7 @@ ACCEPT_BATCH = 64  # accepts per readiness event, so one busy listener cannot st
 BYTES_FLUSH_INTERVAL = 2.0  # seconds between moves of live tunnel byte counts into metrics
 FDS_PER_CONNECTION = 2
 FDS_RESERVED = 64  # listeners, logs, pipes in flight, the resolver's threads
+NODELAY_INHERITED = sys.platform.startswith(("linux", "freebsd", "openbsd", "netbsd", "darwin"))
 
 
 class _Closed(Exception):
@@ -137,6 +139,9 @@ def bind_listener(
             # "[::]:P" is dual-stack unless an IPv4 listener wants the same port.
             v4_same_port = any(o.port == listener.port and ":" not in o.host for o in all_listeners)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v4_same_port))
+        # Accepted sockets inherit TCP_NODELAY from the listener on Linux (and the BSDs): one
+        # setsockopt here instead of one per connection.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(sockaddr)
         sock.listen(4096)
         sock.setblocking(False)
@@ -273,7 +278,8 @@ class Server:
 
     def _accepted(self, sock: socket.socket, peer: tuple[str, int], entry: _Listening) -> None:
         sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if not NODELAY_INHERITED:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.connections >= self.max_connections or self.draining:
             self._refuse_overloaded(sock, peer, "too many connections", entry.tls_context is None)
             return
