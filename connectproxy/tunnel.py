@@ -41,7 +41,8 @@ class Poller:
     the tunnel would never learn of the reset and would sit until the idle timeout. Here
     EPOLLERR/EPOLLHUP are delivered to both callbacks, whose next read or write sees the error.
     It also costs one epoll_ctl per change instead of a watcher created and destroyed each time.
-    The interface is the loop's: add_reader/remove_reader/add_writer/remove_writer."""
+    The interface is the loop's: add_reader/remove_reader/add_writer/remove_writer, plus `forget`,
+    which whoever closes a descriptor must call first (the Tunnel does)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._epoll = select.epoll()

@@ -198,3 +198,65 @@ async def test_small_messages_are_copied_and_bulk_moves_to_splice() -> None:
     client.close()
     server.close()
     pool.close()
+
+
+async def test_one_poller_watches_a_reused_descriptor_number_again() -> None:
+    """The server shares one Poller between all tunnels, and the kernel hands a closed tunnel's
+    descriptor numbers to the next sockets. The Poller records what its epoll set holds, so
+    `forget` before close must leave no record that would stop the new socket being registered."""
+    loop = asyncio.get_running_loop()
+    io = Poller(loop)
+    old, old_peer = socket.socketpair()
+    number = old.fileno()
+    io.add_reader(number, lambda: None)
+    io.add_writer(number, lambda: None)
+    io.forget(number)
+    old.close()
+    old_peer.close()
+    new, new_peer = socket.socketpair()
+    assert new.fileno() == number  # the lowest free number comes back
+    readable = asyncio.Event()
+
+    def on_readable() -> None:
+        io.remove_reader(number)
+        readable.set()
+
+    io.add_reader(number, on_readable)
+    new_peer.send(b"x")
+    await asyncio.wait_for(readable.wait(), 2)
+    io.forget(number)
+    new.close()
+    new_peer.close()
+    io.close()
+
+
+async def test_tunnels_one_after_another_on_one_poller() -> None:
+    """Sequential tunnels sharing a Poller, as in the server: each one's bytes arrive."""
+    loop = asyncio.get_running_loop()
+    io = Poller(loop)
+    pool = PipePool() if splice_available else None
+    for round_ in range(20):
+        client_end, proxy_client = tcp_pair()
+        proxy_server, server_end = tcp_pair()
+        tunnel = Tunnel(
+            loop,
+            proxy_client,
+            proxy_server,
+            idle_timeout=30.0,
+            pipes=pool,
+            buffer=memoryview(bytearray(CHUNK)),
+            io=io,
+        )
+        running = asyncio.ensure_future(tunnel.run())
+        message = f"round {round_}".encode()
+        await send_all(client_end, message)
+        client_end.shutdown(socket.SHUT_WR)
+        assert await recv_until_eof(server_end) == message
+        server_end.close()
+        assert await recv_until_eof(client_end) == b""
+        await asyncio.wait_for(running, 5)
+        assert tunnel.error is None and tunnel.bytes_client_to_server == len(message)
+        client_end.close()
+    if pool is not None:
+        pool.close()
+    io.close()
