@@ -27,12 +27,19 @@ def tcp_pair() -> tuple[socket.socket, socket.socket]:
 
 
 async def make_tunnel(
-    mode: str, idle: float = 30.0
+    mode: str,
+    idle: float = 30.0,
+    *,
+    io: Poller | None = None,
+    pool: PipePool | None = None,
 ) -> tuple[Tunnel, socket.socket, socket.socket, PipePool | None]:
-    """client_end <-> [proxy_client | tunnel | proxy_server] <-> server_end"""
+    """client_end <-> [proxy_client | tunnel | proxy_server] <-> server_end
+
+    `io` and `pool` are shared between tunnels when given, as the server shares them."""
     client_end, proxy_client = tcp_pair()
     proxy_server, server_end = tcp_pair()
-    pool = PipePool() if mode == "splice" else None
+    if pool is None and mode == "splice":
+        pool = PipePool()
     loop = asyncio.get_running_loop()
     tunnel = Tunnel(
         loop,
@@ -41,7 +48,7 @@ async def make_tunnel(
         idle_timeout=idle,
         pipes=pool,
         buffer=memoryview(bytearray(CHUNK)),
-        io=Poller(loop),
+        io=io or Poller(loop),
     )
     return tunnel, client_end, server_end, pool
 
@@ -230,23 +237,13 @@ async def test_one_poller_watches_a_reused_descriptor_number_again() -> None:
     io.close()
 
 
-async def test_tunnels_one_after_another_on_one_poller() -> None:
+@pytest.mark.parametrize("mode", MODES)
+async def test_tunnels_one_after_another_on_one_poller(mode: str) -> None:
     """Sequential tunnels sharing a Poller, as in the server: each one's bytes arrive."""
-    loop = asyncio.get_running_loop()
-    io = Poller(loop)
-    pool = PipePool() if splice_available else None
+    io = Poller(asyncio.get_running_loop())
+    pool = PipePool() if mode == "splice" else None
     for round_ in range(20):
-        client_end, proxy_client = tcp_pair()
-        proxy_server, server_end = tcp_pair()
-        tunnel = Tunnel(
-            loop,
-            proxy_client,
-            proxy_server,
-            idle_timeout=30.0,
-            pipes=pool,
-            buffer=memoryview(bytearray(CHUNK)),
-            io=io,
-        )
+        tunnel, client_end, server_end, _ = await make_tunnel(mode, io=io, pool=pool)
         running = asyncio.ensure_future(tunnel.run())
         message = f"round {round_}".encode()
         await send_all(client_end, message)
