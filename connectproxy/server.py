@@ -54,7 +54,8 @@ ACCEPT_BATCH = 64  # accepts per readiness event, so one busy listener cannot st
 BYTES_FLUSH_INTERVAL = 2.0  # seconds between moves of live tunnel byte counts into metrics
 FDS_PER_CONNECTION = 2
 FDS_RESERVED = 64  # listeners, logs, pipes in flight, the resolver's threads
-NODELAY_INHERITED = sys.platform.startswith(("linux", "freebsd", "openbsd", "netbsd", "darwin"))
+# Linux copies TCP_NODELAY from a listener to the sockets it accepts (tests/test_listener.py).
+NODELAY_INHERITED = sys.platform.startswith("linux")
 
 
 class _Closed(Exception):
@@ -139,8 +140,8 @@ def bind_listener(
             # "[::]:P" is dual-stack unless an IPv4 listener wants the same port.
             v4_same_port = any(o.port == listener.port and ":" not in o.host for o in all_listeners)
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v4_same_port))
-        # Accepted sockets inherit TCP_NODELAY from the listener on Linux (and the BSDs): one
-        # setsockopt here instead of one per connection.
+        # Accepted sockets inherit TCP_NODELAY from the listener on Linux: one setsockopt here
+        # instead of one per connection (elsewhere `_accepted` sets it on each).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(sockaddr)
         sock.listen(4096)
