@@ -48,20 +48,19 @@ class Poller:
         self._epoll = select.epoll()
         self._readers: dict[int, Callable[[], None]] = {}
         self._writers: dict[int, Callable[[], None]] = {}
-        # What the kernel's set holds for each descriptor, so a change is one epoll_ctl that
-        # does not fail: trying MOD first on a new descriptor cost a failed system call and an
-        # exception per socket. Tunnels call `forget` before closing a descriptor.
-        self._masks: dict[int, int] = {}
         self._loop = loop
         loop.add_reader(self._epoll.fileno(), self._dispatch)
 
-    def _update(self, fd: int) -> None:
-        mask = (select.EPOLLIN if fd in self._readers else 0) | (
+    def _mask(self, fd: int) -> int:
+        """What the kernel's set holds for `fd`: the callbacks are the record of it, so each
+        change is one epoll_ctl that does not fail (trying MOD first on a new descriptor cost a
+        failed system call and an exception per socket)."""
+        return (select.EPOLLIN if fd in self._readers else 0) | (
             select.EPOLLOUT if fd in self._writers else 0
         )
-        had = self._masks.pop(fd, 0)
-        if mask:
-            self._masks[fd] = mask
+
+    def _update(self, fd: int, had: int) -> None:
+        mask = self._mask(fd)
         if mask == had:
             return
         try:
@@ -81,27 +80,32 @@ class Poller:
                     self._epoll.register(fd, mask)
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        had = self._mask(fd)
         self._readers[fd] = callback
-        self._update(fd)
+        self._update(fd, had)
 
     def remove_reader(self, fd: int) -> None:
+        had = self._mask(fd)
         if self._readers.pop(fd, None) is not None:
-            self._update(fd)
+            self._update(fd, had)
 
     def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
+        had = self._mask(fd)
         self._writers[fd] = callback
-        self._update(fd)
+        self._update(fd, had)
 
     def remove_writer(self, fd: int) -> None:
+        had = self._mask(fd)
         if self._writers.pop(fd, None) is not None:
-            self._update(fd)
+            self._update(fd, had)
 
     def forget(self, fd: int) -> None:
-        """Before `fd` is closed: drop whatever is still registered for it, so no entry outlives
-        the descriptor and misleads the next socket that gets the same number."""
+        """Before `fd` is closed: drop whatever is still registered for it, so no callback
+        outlives the descriptor and misleads the next socket that gets the same number."""
+        had = self._mask(fd)
         self._readers.pop(fd, None)
         self._writers.pop(fd, None)
-        if self._masks.pop(fd, 0):
+        if had:
             with contextlib.suppress(OSError):
                 self._epoll.unregister(fd)
 
