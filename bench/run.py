@@ -86,7 +86,6 @@ class Settings:
     squid: str
     proxy_cpu: int | None  # None: a single-CPU machine, nothing is pinned
     client_cpu: int | None
-    proxy_unpinned: bool  # the proxy may use every CPU; the client stays pinned
     unpinned: bool  # nothing is pinned (proxy_cpu and client_cpu are None)
     out: Path | None
     keep_rundir: bool
@@ -152,11 +151,6 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     p.add_argument("--squid", default="/usr/sbin/squid", help="the squid executable")
     p.add_argument("--proxy-cpu", type=int, default=None, help="default: the first CPU")
     p.add_argument("--client-cpu", type=int, default=None, help="default: the second CPU")
-    p.add_argument(
-        "--proxy-unpinned",
-        action="store_true",
-        help="let the proxy use every CPU (the client stays pinned)",
-    )
     p.add_argument(
         "--unpinned",
         action="store_true",
@@ -231,7 +225,6 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         squid=a.squid,
         proxy_cpu=a.proxy_cpu,
         client_cpu=a.client_cpu,
-        proxy_unpinned=a.proxy_unpinned,
         unpinned=a.unpinned,
         out=a.out,
         keep_rundir=a.keep_rundir,
@@ -618,7 +611,7 @@ class Bench:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=_child_setup(None if self.s.proxy_unpinned else self.s.proxy_cpu),
+                preexec_fn=_child_setup(self.s.proxy_cpu),
                 cwd=self.rundir,
             )
         try:
