@@ -53,6 +53,14 @@ async def make_tunnel(
     return tunnel, client_end, server_end, pool
 
 
+def close_all(client: socket.socket, server: socket.socket, pool: PipePool | None) -> None:
+    """A test's ends of the tunnel and its pipe pool, whatever state they are in."""
+    client.close()
+    server.close()
+    if pool is not None:
+        pool.close()
+
+
 async def send_all(sock: socket.socket, data: bytes) -> None:
     await asyncio.get_running_loop().sock_sendall(sock, data)
 
@@ -90,10 +98,7 @@ async def test_bytes_both_ways_and_exact_counts(mode: str) -> None:
     assert tunnel.bytes_server_to_client == len(down)
     assert tunnel.error is None
     assert tunnel.client.fileno() == -1 and tunnel.server.fileno() == -1
-    client.close()
-    server.close()
-    if pool is not None:
-        pool.close()
+    close_all(client, server, pool)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -108,10 +113,7 @@ async def test_half_close_keeps_the_other_direction(mode: str) -> None:
     assert not task.done()
     server.shutdown(socket.SHUT_WR)
     await asyncio.wait_for(task, 5)
-    client.close()
-    server.close()
-    if pool is not None:
-        pool.close()
+    close_all(client, server, pool)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -140,10 +142,7 @@ async def test_slow_reader_stops_the_sender(mode: str) -> None:
     assert tunnel.bytes_server_to_client <= written
     tunnel.fail("test over")
     await asyncio.wait_for(task, 5)
-    client.close()
-    server.close()
-    if pool is not None:
-        pool.close()
+    close_all(client, server, pool)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -154,10 +153,7 @@ async def test_idle_timeout(mode: str) -> None:
     await asyncio.wait_for(tunnel.run(), 5)
     assert tunnel.error == "idle timeout"
     assert 0.25 < loop.time() - began < 2
-    client.close()
-    server.close()
-    if pool is not None:
-        pool.close()
+    close_all(client, server, pool)
 
 
 @pytest.mark.parametrize("mode", MODES)
