@@ -15,6 +15,7 @@ import socket
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -330,6 +331,21 @@ class Server:
         counted_source: IPAddress | None = None
         server_sock: socket.socket | None = None
         stage = "proxy header" if listener.proxy_protocol != "off" else "request"
+        handed_over = False
+
+        def ended() -> None:
+            """The connection's last step, once its sockets are closed, by whichever path."""
+            if counted_source is not None:
+                left = self.per_source[counted_source] - 1
+                if left:
+                    self.per_source[counted_source] = left
+                else:
+                    del self.per_source[counted_source]
+            self.connections -= 1
+            self.metrics.connections_active.dec()
+            rec.duration_s = round(time.perf_counter() - began, 6)
+            self.access_log.write(rec)
+
         try:
             try:
                 with self.deadlines.limit(self._task(), config.timeouts.handshake):
@@ -388,10 +404,10 @@ class Server:
             self.metrics.connect_seconds.observe(connect_s)
             rec.outcome, rec.status = "established", 200
             self.metrics.count("established")
-            await self._run_tunnel(
-                sock, server_sock, decision, config, rec, len(early), len(early_reply)
+            self._start_tunnel(
+                sock, server_sock, decision, config, rec, len(early), len(early_reply), ended
             )
-            server_sock = None  # the tunnel closed it
+            handed_over = True  # the tunnel owns both sockets now, and calls `ended` at its end
         except RequestError as exc:
             extra = ALLOW_CONNECT if exc.status == 405 else ()
             self._answer(sock, exc.status, exc.reason, rec, exc.outcome, extra)
@@ -415,20 +431,11 @@ class Server:
                 self.metrics.count("overloaded")
             raise
         finally:
-            if server_sock is not None:
-                server_sock.close()
-            if sock.fileno() >= 0:
+            if not handed_over:
+                if server_sock is not None:
+                    server_sock.close()
                 sock.close()
-            if counted_source is not None:
-                left = self.per_source[counted_source] - 1
-                if left:
-                    self.per_source[counted_source] = left
-                else:
-                    del self.per_source[counted_source]
-            self.connections -= 1
-            self.metrics.connections_active.dec()
-            rec.duration_s = round(time.perf_counter() - began, 6)
-            self.access_log.write(rec)
+                ended()
 
     async def _read_proxy_header(
         self, sock: socket.socket, listener: Listener, peer_addr: IPAddress, peer_port: int
@@ -524,7 +531,7 @@ class Server:
         rec.server_addr = peer_address(sock)
         return sock, b""
 
-    async def _run_tunnel(
+    def _start_tunnel(
         self,
         client: socket.socket,
         server: socket.socket,
@@ -533,8 +540,12 @@ class Server:
         rec: AccessRecord,
         early_up: int,
         early_down: int,
+        connection_ended: Callable[[], None],
     ) -> None:
-        """`early_up`/`early_down`: bytes already passed on before the tunnel started (the
+        """The tunnel runs on the poller's callbacks; no task waits for it. When it closes, its
+        figures go to the metrics and the access record, and then `connection_ended` runs.
+
+        `early_up`/`early_down`: bytes already passed on before the tunnel started (the
         client's early data, the upstream's bytes after its 200); they count as tunnel bytes."""
         label = decision.client or "-"
         tunnel = Tunnel(
@@ -554,9 +565,8 @@ class Server:
         gauge = series.tunnels_active
         gauge.inc()
         started = time.perf_counter()
-        try:
-            await tunnel.run()
-        finally:
+
+        def tunnel_ended() -> None:
             self.active.discard(active)
             gauge.dec()
             self._flush_bytes(active)
@@ -564,6 +574,9 @@ class Server:
             rec.bytes_client_to_server = tunnel.bytes_client_to_server
             rec.bytes_server_to_client = tunnel.bytes_server_to_client
             rec.error = tunnel.error
+            connection_ended()
+
+        tunnel.start(tunnel_ended)
 
     def _answer(
         self,
@@ -619,7 +632,7 @@ class Server:
         self.draining = True
         self.stop_listening()
         deadline = self.loop.time() + grace
-        while self.tasks and self.loop.time() < deadline:
+        while (self.tasks or self.active) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
         for active in list(self.active):
             active.tunnel.fail("shutdown")

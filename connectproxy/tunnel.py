@@ -100,14 +100,12 @@ class Poller:
             self._update(fd, had)
 
     def forget(self, fd: int) -> None:
-        """Before `fd` is closed: drop whatever is still registered for it, so no callback
-        outlives the descriptor and misleads the next socket that gets the same number."""
-        had = self._mask(fd)
+        """Right before `fd` is closed: drop its callbacks, so none outlives the descriptor and
+        misleads the next socket that gets the same number. The kernel takes a closed socket out
+        of the epoll set by itself (tunnel sockets are never duplicated, so the close is the
+        last reference), which saves an epoll_ctl per socket."""
         self._readers.pop(fd, None)
         self._writers.pop(fd, None)
-        if had:
-            with contextlib.suppress(OSError):
-                self._epoll.unregister(fd)
 
     def _dispatch(self) -> None:
         errors = select.EPOLLERR | select.EPOLLHUP
@@ -165,7 +163,8 @@ class PipePool:
 class Tunnel:
     """Both directions of one tunnel and the state they share.
 
-    `done` resolves when both directions have ended or one has failed; `error` then says why a
+    The tunnel ends when both directions have ended or one has failed: it closes both sockets
+    at once, from the callback that saw the end, and then calls `on_done`. `error` says why a
     tunnel ended abnormally (reset, idle timeout), or is None for a clean close."""
 
     def __init__(
@@ -186,7 +185,8 @@ class Tunnel:
         self.idle_timeout = idle_timeout
         self.last_active = loop.time()
         self.error: str | None = None
-        self.done: asyncio.Future[None] = loop.create_future()
+        self.closed = False
+        self._on_done: Callable[[], None] | None = None
         use_splice = (
             pipes is not None
             and not isinstance(client, ssl.SSLSocket)
@@ -209,15 +209,25 @@ class Tunnel:
     def bytes_server_to_client(self) -> int:
         return self.downstream.count
 
-    def start(self) -> None:
+    def start(self, on_done: Callable[[], None] | None = None) -> None:
+        """Start both directions. Nothing waits on the tunnel: it reports its end to `on_done`,
+        which saves the server a task switch per connection."""
+        self._on_done = on_done
         self.upstream.start()
         self.downstream.start()
         self._idle = self.loop.call_at(self.last_active + self.idle_timeout, self._check_idle)
 
     async def run(self) -> None:
-        self.start()
+        """Start and wait for the end, for a caller that wants a coroutine."""
+        ended: asyncio.Future[None] = self.loop.create_future()
+
+        def wake() -> None:
+            if not ended.done():  # cancelled with the task that awaits it
+                ended.set_result(None)
+
+        self.start(wake)
         try:
-            await self.done
+            await ended
         finally:
             self.close()
 
@@ -239,21 +249,32 @@ class Tunnel:
         else:
             self._idle = self.loop.call_at(deadline, self._check_idle)
 
-    def direction_ended(self) -> None:
-        if self.upstream.ended and self.downstream.ended:
-            self._finish()
+    def direction_ended(self, flow: _Flow, src: socket.socket, dst: socket.socket) -> None:
+        """`flow` read the end of its stream from `src`: pass it on to `dst`, or, if the other
+        direction has ended already, end the tunnel."""
+        flow.ended = True
+        other = self.downstream if flow is self.upstream else self.upstream
+        if not other.ended:
+            self.io.remove_reader(src.fileno())
+            _shutdown_write(dst)
+            return
+        if isinstance(dst, ssl.SSLSocket):
+            _shutdown_write(dst)  # its close_notify: a TLS peer must see a clean end
+        # Closing `dst` sends the FIN a shutdown would, and the close takes both sockets out of
+        # the poller's epoll set: no shutdown and no epoll_ctl for the last direction.
+        self.close()
 
     def fail(self, reason: str) -> None:
         if self.error is None:
             self.error = reason
-        self._finish()
-
-    def _finish(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
+        self.close()
 
     def close(self) -> None:
-        """Stop both directions and close both sockets; safe to call more than once."""
+        """Stop both directions, close both sockets and call `on_done`; only the first call
+        does anything."""
+        if self.closed:
+            return
+        self.closed = True
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
@@ -268,6 +289,9 @@ class Tunnel:
             if fd >= 0:
                 self.io.forget(fd)
                 sock.close()
+        on_done, self._on_done = self._on_done, None
+        if on_done is not None:
+            on_done()
 
 
 class _Finished:
@@ -332,6 +356,7 @@ class _SpliceFlow:
         "loop",
         "pipe",
         "pool",
+        "src",
         "src_fd",
         "tunnel",
     )
@@ -342,6 +367,7 @@ class _SpliceFlow:
         self.tunnel = tunnel
         self.loop = tunnel.loop
         self.io = tunnel.io
+        self.src = src
         self.src_fd = src.fileno()
         self.dst_fd = dst.fileno()
         self.dst = dst
@@ -375,10 +401,7 @@ class _SpliceFlow:
             return
         if n == 0:
             self._give_back()
-            self.io.remove_reader(self.src_fd)
-            self.ended = True
-            _shutdown_write(self.dst)
-            self.tunnel.direction_ended()
+            self.tunnel.direction_ended(self, self.src, self.dst)
             return
         self.in_pipe = n
         self.tunnel.last_active = self.loop.time()
@@ -414,10 +437,7 @@ class _SpliceFlow:
             self.pool.give(pipe)
 
     def stop(self) -> None:
-        if not self.ended:
-            self.io.remove_reader(self.src_fd)
-        if self.blocked:
-            self.io.remove_writer(self.dst_fd)
+        """The tunnel is closing (and forgets both descriptors in the poller): drop the pipe."""
         self.ended = True
         pipe, self.pipe = self.pipe, None
         if pipe is not None:
@@ -478,10 +498,7 @@ class _CopyFlow:
                 self.tunnel.fail(_describe(exc))
                 return
             if n == 0:
-                self.io.remove_reader(src.fileno())
-                self.ended = True
-                _shutdown_write(self.dst)
-                self.tunnel.direction_ended()
+                self.tunnel.direction_ended(self, src, self.dst)
                 return
             self.tunnel.last_active = self.loop.time()
             try:
@@ -523,9 +540,6 @@ class _CopyFlow:
         self.on_readable()
 
     def stop(self) -> None:
-        if self.src.fileno() >= 0 and not self.ended:
-            self.io.remove_reader(self.src.fileno())
-        if self.blocked and self.dst.fileno() >= 0:
-            self.io.remove_writer(self.dst.fileno())
+        """The tunnel is closing (and forgets both descriptors in the poller)."""
         self.ended = True
         self.pending = b""
