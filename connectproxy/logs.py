@@ -8,12 +8,12 @@ field that could hold one.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 import time
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any, TextIO
 
 import structlog
@@ -90,27 +90,35 @@ class _Timestamps:
         return f"{self._prefix}.{int((ts - second) * 1000):03d}Z"
 
 
-def _access_fields(rec: AccessRecord, report_mode: bool, ts: str) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "ts": ts,
-        "client_addr": rec.client_addr,
-        "client_port": rec.client_port,
-        "client": rec.client,
-        "user": rec.user,
-        "target": rec.target,
-        "outcome": rec.outcome,
-        "status": rec.status,
-        "upstream": rec.upstream,
-        "server_addr": rec.server_addr,
-        "bytes_client_to_server": rec.bytes_client_to_server,
-        "bytes_server_to_client": rec.bytes_server_to_client,
-        "duration_s": rec.duration_s,
-        "connect_s": rec.connect_s,
-        "error": rec.error,
-    }
-    if report_mode:
-        event["would_deny"] = bool(rec.would_deny)
-    return event
+def _text(value: str | None) -> str:
+    return "null" if value is None else _json_string(value)
+
+
+def _number(value: float | None) -> str:
+    return "null" if value is None else repr(value)
+
+
+def access_json(rec: AccessRecord, report_mode: bool, ts: str) -> str:
+    """One access line as compact JSON, written out field by field.
+
+    The same bytes as `json.dumps(..., separators=(",", ":"))` of the fields in this order (the
+    tests compare the two), at about half the cost: no dictionary is built, and each string goes
+    straight to the JSON module's own C escaping function. Every field is a str, int, finite
+    float, bool or None, so nothing else needs encoding."""
+    would_deny = (
+        (',"would_deny":true' if rec.would_deny else ',"would_deny":false') if report_mode else ""
+    )
+    return (
+        f'{{"ts":{_json_string(ts)},"client_addr":{_json_string(rec.client_addr)},'
+        f'"client_port":{rec.client_port},"client":{_text(rec.client)},'
+        f'"user":{_text(rec.user)},"target":{_text(rec.target)},'
+        f'"outcome":{_text(rec.outcome)},"status":{_number(rec.status)},'
+        f'"upstream":{_text(rec.upstream)},"server_addr":{_text(rec.server_addr)},'
+        f'"bytes_client_to_server":{rec.bytes_client_to_server},'
+        f'"bytes_server_to_client":{rec.bytes_server_to_client},'
+        f'"duration_s":{_number(rec.duration_s)},"connect_s":{_number(rec.connect_s)},'
+        f'"error":{_text(rec.error)}{would_deny},"event":"access"}}'
+    )
 
 
 def _squid_line(rec: AccessRecord) -> str:
@@ -149,11 +157,6 @@ class AccessLog:
         self.report_mode = report_mode
         self._lines: list[str] = []
         self._file: TextIO = self._open()
-        # One JSON encoder for every line, not structlog's processor chain or renderer: the
-        # chain cost more per line than the rest of a tunnel's bookkeeping, and the renderer
-        # builds a new encoder per call (1.2 us of a 5 us line). The fields are str, int,
-        # float, bool and None only, and the bytes are the same as structlog's compact JSON.
-        self._encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
         self._timestamp = _Timestamps()
 
     def _append(self, line: str) -> None:
@@ -171,9 +174,9 @@ class AccessLog:
         if self.squid:
             self._append(_squid_line(rec))
         else:
-            event = _access_fields(rec, self.report_mode, self._timestamp(rec.start))
-            event["event"] = "access"
-            self._append(self._encode(event))
+            # Not through structlog's processor chain: per line, that cost more than the rest
+            # of a tunnel's bookkeeping. The line is the same compact JSON it would render.
+            self._append(access_json(rec, self.report_mode, self._timestamp(rec.start)))
 
     def flush(self) -> None:
         if not self._lines:
