@@ -132,10 +132,6 @@ def usable_addresses(addrs: list[IPAddress], config: Config) -> list[IPAddress]:
     The tunnel connects to exactly what this returns, so a DNS answer cannot change between the
     check and the connect."""
     deny = config.destinations.deny_networks
-    seen: set[IPAddress] = set()
-    out: list[IPAddress] = []
-    for addr in addrs:
-        if addr not in seen and not is_denied(addr, deny):
-            seen.add(addr)
-            out.append(addr)
-    return out
+    kept = [addr for addr in addrs if not is_denied(addr, deny)]
+    # Duplicates dropped in order; a single address skips it (ipaddress hashes in Python).
+    return kept if len(kept) < 2 else list(dict.fromkeys(kept))

@@ -163,7 +163,8 @@ class Server:
     connections: int = 0
     draining: bool = False
     listening: list[_Listening] = field(default_factory=list)
-    per_source: dict[IPAddress, int] = field(default_factory=dict)
+    # Keyed by packed address: bytes hash in C, once; an ipaddress object hashes in Python.
+    per_source: dict[bytes, int] = field(default_factory=dict)
     active: set[_Active] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -328,7 +329,7 @@ class Server:
         source_addr = parse_address(peer[0])
         source_port = peer[1]
         tls_names: tuple[str, ...] = ()
-        counted_source: IPAddress | None = None
+        counted_source: bytes | None = None
         server_sock: socket.socket | None = None
         stage = "proxy header" if listener.proxy_protocol != "off" else "request"
         handed_over = False
@@ -354,15 +355,14 @@ class Server:
                             sock, listener, source_addr, source_port
                         )
                         rec.client_addr, rec.client_port = str(source_addr), source_port
-                    if (
-                        self.per_source.get(source_addr, 0)
-                        >= config.limits.max_connections_per_source
-                    ):
+                    source_key = source_addr.packed
+                    from_source = self.per_source.get(source_key, 0)
+                    if from_source >= config.limits.max_connections_per_source:
                         if entry.tls_context is not None:
                             raise _Closed("overloaded", "too many connections from this source")
                         raise DialError(503, "overloaded", "too many connections from this source")
-                    self.per_source[source_addr] = self.per_source.get(source_addr, 0) + 1
-                    counted_source = source_addr
+                    self.per_source[source_key] = from_source + 1
+                    counted_source = source_key
                     if entry.tls_context is not None:
                         stage = "tls"
                         sock = entry.tls_context.wrap_socket(
