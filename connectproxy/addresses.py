@@ -33,6 +33,19 @@ def parse_address(text: str) -> IPAddress:
     return normalise(ipaddress.ip_address(text.split("%", 1)[0]))
 
 
+@functools.lru_cache(maxsize=4096)
+def address_text(addr: IPAddress) -> str:
+    """str() of an ipaddress object runs in Python (0.6 us for IPv4, 3 us for IPv6), and a
+    plant's sensors reach the same few destinations again and again."""
+    return str(addr)
+
+
+def endpoint_text(addr: IPAddress, port: int) -> str:
+    """ "host:port" or "[v6]:port", as logs show a connected peer."""
+    host = address_text(addr)
+    return f"[{host}]:{port}" if addr.version == 6 else f"{host}:{port}"
+
+
 def embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     """The IPv4 address an IPv6 transition form carries, if any."""
     if addr.ipv4_mapped is not None:

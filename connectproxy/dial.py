@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import functools
 import os
 import socket
 
-from connectproxy.addresses import normalise, parse_address
+from connectproxy.addresses import address_text, normalise, parse_address
 from connectproxy.config import Config, IPAddress
 from connectproxy.http import Target
 from connectproxy.sockio import wait_writable
@@ -71,7 +70,7 @@ async def _connect_one(addr: IPAddress, port: int) -> socket.socket:
         if not _NONBLOCK:
             sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        err = sock.connect_ex((_text(addr), port))
+        err = sock.connect_ex((address_text(addr), port))
         if err in (errno.EINPROGRESS, errno.EAGAIN):
             if _connected(sock):
                 err = 0
@@ -84,13 +83,6 @@ async def _connect_one(addr: IPAddress, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-@functools.lru_cache(maxsize=4096)
-def _text(addr: IPAddress) -> str:
-    """str() of an ipaddress object runs in Python (0.6 us for IPv4, 3 us for IPv6), and a
-    plant's sensors reach the same few destinations again and again."""
-    return str(addr)
 
 
 def _connected(sock: socket.socket) -> bool:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectproxy import proxyproto
-from connectproxy.addresses import parse_address
+from connectproxy.addresses import endpoint_text, parse_address
 from connectproxy.auth import Authenticator
 from connectproxy.config import Config, IPAddress, Listener
 from connectproxy.deadlines import Deadlines
@@ -528,7 +528,10 @@ class Server:
             raise DialError(
                 504, "connect_timeout", f"connecting to {target.authority} timed out"
             ) from None
-        rec.server_addr = peer_address(sock)
+        # With one address there is nothing to ask the kernel: it is the one connected to.
+        rec.server_addr = (
+            endpoint_text(usable[0], target.port) if len(usable) == 1 else peer_address(sock)
+        )
         return sock, b""
 
     def _start_tunnel(

@@ -14,7 +14,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectproxy.addresses import embedded_ipv4, in_networks, is_denied, normalise, parse_address
+from connectproxy.addresses import (
+    address_text,
+    embedded_ipv4,
+    endpoint_text,
+    in_networks,
+    is_denied,
+    normalise,
+    parse_address,
+)
 from connectproxy.config import DEFAULT_DENY_NETWORKS, IPNetwork
 
 
@@ -267,3 +275,18 @@ def test_default_deny_list_is_what_the_spec_names() -> None:
     for deny in DEFAULT_DENY_NETWORKS:
         for net in private:
             assert deny.version != net.version or not deny.overlaps(net), (deny, net)
+
+
+@pytest.mark.parametrize(
+    ("text", "port", "expected"),
+    [
+        ("127.0.0.1", 443, "127.0.0.1:443"),
+        ("2001:db8::1", 8443, "[2001:db8::1]:8443"),
+        ("::1", 1, "[::1]:1"),
+    ],
+)
+def test_endpoint_text_is_how_logs_show_a_connected_peer(
+    text: str, port: int, expected: str
+) -> None:
+    assert endpoint_text(ipaddress.ip_address(text), port) == expected
+    assert address_text(ipaddress.ip_address(text)) == text
