@@ -158,6 +158,21 @@ def find_head_end(buf: bytes | bytearray, max_bytes: int) -> int:
     return -1
 
 
+def take_request(buf: bytes, max_bytes: int) -> tuple[Request, bytes] | None:
+    """The request at the start of `buf` and the bytes after its head (early tunnel data), or
+    None while more bytes are needed; RequestError exactly as find_head_end then parse_head.
+
+    A complete head goes straight to parse_head, which makes every check find_head_end would,
+    in the same order: the incremental checks only matter while the head is incomplete. That
+    spares the usual request, which arrives in one read, a second pass over its bytes."""
+    end = buf.find(_HEAD_END, 0, max_bytes)
+    if end < 0:
+        find_head_end(buf, max_bytes)  # refuses garbage or an over-long head at once
+        return None
+    end += len(_HEAD_END)
+    return parse_head(buf[:end]), buf[end:]
+
+
 def parse_head(head: bytes) -> Request:
     """Parse a complete head (request line, header lines, blank line) in SPEC section 4 order.
 

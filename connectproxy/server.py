@@ -33,9 +33,8 @@ from connectproxy.http import (
     RequestError,
     Target,
     error_response,
-    find_head_end,
     parse_basic_credentials,
-    parse_head,
+    take_request,
 )
 from connectproxy.logs import AccessLog, AccessRecord, get_logger
 from connectproxy.metrics import ClientSeries, Metrics
@@ -484,9 +483,9 @@ class Server:
             if not chunk:
                 raise _Closed("bad_request", "client closed before completing a request")
             data = data + chunk if data else chunk
-            end = find_head_end(data, limit)
-            if end >= 0:
-                return parse_head(data[:end]), data[end:]
+            taken = take_request(data, limit)
+            if taken is not None:
+                return taken
 
     async def _credentials(self, request: Request, policy: Policy) -> Credentials | None:
         value = request.proxy_authorization

@@ -12,7 +12,7 @@ import sys
 import atheris  # type: ignore[import-untyped]
 
 with atheris.instrument_imports():
-    from connectproxy.http import Request, RequestError, find_head_end, parse_head
+    from connectproxy.http import Request, RequestError, find_head_end, parse_head, take_request
 
 STATUSES = (400, 405, 431)
 
@@ -22,14 +22,23 @@ def verdict(data: bytes, read_size: int, limit: int) -> Request | int:
     for start in range(0, max(len(data), 1), read_size):
         received += data[start : start + read_size]
         try:
-            end = find_head_end(received, limit)
-            if end >= 0:
-                return parse_head(received[:end])
+            taken = take_request(received, limit)
+            if taken is not None:
+                return taken[0]
         except RequestError as error:
             if error.status not in STATUSES:
                 raise AssertionError(f"unexpected status {error.status}") from None
             return error.status
     return 0
+
+
+def two_steps(data: bytes, limit: int) -> Request | int:
+    """find_head_end, then parse_head on exactly the head: what take_request must agree with."""
+    try:
+        end = find_head_end(data, limit)
+        return 0 if end < 0 else parse_head(data[:end])
+    except RequestError as error:
+        return error.status
 
 
 def test_one_input(data: bytes) -> None:
@@ -42,6 +51,8 @@ def test_one_input(data: bytes) -> None:
     pieces = verdict(body, read_size, limit)
     if whole != pieces:
         raise AssertionError(f"split delivery changed the verdict: {whole!r} != {pieces!r}")
+    if whole != two_steps(body, limit):
+        raise AssertionError(f"take_request disagrees with find_head_end + parse_head: {whole!r}")
     if isinstance(whole, Request):
         # An accepted target is in normal form: its authority parses back to itself.
         again = parse_head(f"CONNECT {whole.target.authority} HTTP/1.1\r\n\r\n".encode())

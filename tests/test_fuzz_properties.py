@@ -6,9 +6,10 @@ once on a whole input, raises nothing but its typed error. What is new here is t
 - the allowlist end to end: a request head that the parser accepts and the policy allows must
   name a host that an independent reference matcher, reading the raw request line, also finds on
   the allowlist (and the reverse), under hostile spellings of the target;
-- delivery in arbitrary pieces: the server calls `find_head_end` after every read and peeks the
+- delivery in arbitrary pieces: the server calls `take_request` after every read and peeks the
   PROXY header in as many reads as the network chooses; the verdict must not depend on how the
   bytes were split, and the PROXY reader must never consume a byte past the header;
+  `take_request` itself must agree with `find_head_end` then `parse_head`;
 - near-valid inputs: byte mutations of the shipped, commented config and of real credentials.
 
 Random bytes rarely get past the first check, so the strategies build inputs from fragments of
@@ -35,6 +36,7 @@ from connectproxy.http import (
     find_head_end,
     parse_basic_credentials,
     parse_head,
+    take_request,
 )
 from connectproxy.policy import Source, decide
 
@@ -254,8 +256,8 @@ _FRAGMENTS = st.sampled_from(
 
 
 def _read_in_pieces(data: bytes, cuts: list[int], limit: int) -> Request | int:
-    """The server's loop (`Server._read_request`): after every read, ask for the end of the head
-    in everything received so far; parse exactly the head once it is complete."""
+    """The server's loop (`Server._read_request`): after every read, try to take a request from
+    everything received so far."""
     received = b""
     positions = sorted({c % (len(data) + 1) for c in cuts} | {len(data)})
     start = 0
@@ -263,12 +265,42 @@ def _read_in_pieces(data: bytes, cuts: list[int], limit: int) -> Request | int:
         received += data[start:stop]
         start = stop
         try:
-            end = find_head_end(received, limit)
-            if end >= 0:
-                return parse_head(received[:end])
+            taken = take_request(received, limit)
+            if taken is not None:
+                return taken[0]
         except RequestError as error:
             return error.status
     return 0
+
+
+def _two_steps(data: bytes, limit: int) -> tuple[Request, bytes] | int | None:
+    """find_head_end, then parse_head on exactly the head: what take_request shortens."""
+    try:
+        end = find_head_end(data, limit)
+        return None if end < 0 else (parse_head(data[:end]), data[end:])
+    except RequestError as error:
+        return error.status
+
+
+def _one_step(data: bytes, limit: int) -> tuple[Request, bytes] | int | None:
+    try:
+        return take_request(data, limit)
+    except RequestError as error:
+        return error.status
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    st.lists(_FRAGMENTS, max_size=20).map(b"".join) | hostile_heads(),
+    st.binary(max_size=8),
+    st.integers(min_value=16, max_value=300),
+)
+def test_take_request_agrees_with_find_head_end_then_parse_head(
+    data: bytes, after: bytes, limit: int
+) -> None:
+    """Same request and early data, same status, or the same wait for more bytes."""
+    raw = data + after
+    assert _one_step(raw, limit) == _two_steps(raw, limit)
 
 
 @settings(max_examples=500, deadline=None)
