@@ -51,6 +51,8 @@ KNOWN_PROXIES = ("connectproxy", "squid", "direct")
 # "connectproxy-w2": connectproxy with --workers 2, so one run can compare worker counts.
 WORKERS_NAME = re.compile(r"connectproxy-w([1-9][0-9]?)")
 SCENARIOS = ("rate", "throughput", "idle")
+# Not part of "all": it runs the proxy under valgrind, which makes everything 50 times slower.
+INSTRUCTIONS = "instructions"
 TRANSFERS = (("up", 1), ("down", 1), ("up", 8), ("down", 8))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
@@ -114,7 +116,13 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         "harness's own limit), connectproxy-wN (connectproxy --workers N). "
         "Default: connectproxy and, if installed, squid",
     )
-    p.add_argument("--scenario", choices=(*SCENARIOS, "all"), default="all")
+    p.add_argument(
+        "--scenario",
+        choices=(*SCENARIOS, INSTRUCTIONS, "all"),
+        default="all",
+        help="all = rate, throughput and idle; instructions (valgrind's callgrind) counts the "
+        "user-space instructions per tunnel, a figure the machine's speed does not change",
+    )
     p.add_argument("--rounds", type=int, default=3, help="figures are medians over rounds")
     p.add_argument("--duration", type=float, default=10.0, help="rate: seconds at C clients")
     p.add_argument("--lat-duration", type=float, default=2.0, help="rate: seconds at C=1")
@@ -175,7 +183,9 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     )
     a = p.parse_args(argv)
 
-    if a.proxies is None:
+    if a.proxies is None and a.scenario == INSTRUCTIONS:
+        names = ["connectproxy"]
+    elif a.proxies is None:
         names = ["connectproxy"] + (["squid"] if Path(a.squid).exists() else [])
     else:
         names = [n.strip() for n in a.proxies.split(",") if n.strip()]
@@ -195,6 +205,14 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if a.bytes < 8:
         p.error("--bytes must be at least 8")
+    if a.scenario == INSTRUCTIONS:
+        if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+            p.error("--scenario instructions needs valgrind (apt-get install -y valgrind)")
+        if names != ["connectproxy"] or a.workers is not None:
+            # A process that sleeps (Squid's master in waitpid, our supervisor with --workers)
+            # never takes callgrind's command to start counting: only a single connectproxy
+            # process can be measured this way.
+            p.error("--scenario instructions measures one connectproxy process (no --workers)")
     cpus = sorted(os.sched_getaffinity(0))
     if a.unpinned:
         if a.proxy_cpu is not None or a.client_cpu is not None:
@@ -491,6 +509,7 @@ class Target:
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     log: Path | None = None  # the proxy's stdout and stderr
+    callgrind_out: Path | None = None  # prefix of callgrind's files, when run under it
     diag_log: Path | None = None  # where it explains a failure (Squid: cache.log)
 
     def diagnostics(self) -> str:
@@ -600,14 +619,27 @@ class Bench:
         self.targets.setdefault(name, {"command": t.command, "config": t.config_text})
         return t
 
-    def start(self, name: str) -> Target:
+    def start(self, name: str, callgrind: bool = False) -> Target:
+        """Start one proxy instance; with `callgrind`, under valgrind with counting switched
+        off until `scenario_instructions` switches it on."""
         t = self.make_target(name)
         if name == "direct":
             return t
         assert t.log is not None
+        command = t.command
+        if callgrind:
+            t.callgrind_out = self.rundir / f"{name}-{self.instances}.callgrind"
+            command = [
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                "--trace-children=yes",  # Squid forks its worker and log daemon
+                f"--callgrind-out-file={t.callgrind_out}.%p",
+                *command,
+            ]
         with t.log.open("wb") as log:
             t.proc = subprocess.Popen(
-                t.command,
+                command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -615,7 +647,7 @@ class Bench:
                 cwd=self.rundir,
             )
         try:
-            wait_listening(t, timeout=30)
+            wait_listening(t, timeout=300 if callgrind else 30)
             self.check_policy(t)
         except BaseException:
             self.stop(t)
@@ -873,6 +905,32 @@ class Bench:
             self.warn(f"{t.name} idle: {res['first_error']}")
         return m
 
+    def scenario_instructions(self, t: Target, rnd: int) -> JsonDict:
+        """User-space instructions per tunnel of the rate exchange, counted by callgrind over
+        every process of the proxy. Unlike CPU time, the count is the same on a quiet or a
+        busy machine and from one hour to the next, so one run judges a change to the set-up
+        path. Kernel work (system calls, TCP) is not counted."""
+        s = self.s
+        assert t.pid is not None and t.callgrind_out is not None
+        pids = [str(pid) for pid, _ in process_tree(t.pid)]
+        callgrind_control("-i", "on", *pids)
+        args = ["-c", "4", "--duration", str(s.duration)]
+        res = self.loadgen(t, "rate", args, s.duration + 120)
+        callgrind_control("-i", "off", *pids)
+        callgrind_control("-d", *pids)  # returns once every dump is written
+        self.raw.append({"round": rnd, "proxy": t.name, "step": "instructions", "loadgen": res})
+        total = sum(
+            callgrind_total(path)
+            for path in t.callgrind_out.parent.glob(f"{t.callgrind_out.name}.*")
+        )
+        if res["error_total"]:
+            self.warn(f"{t.name} instructions: {res['error_total']} failed; {res['first_error']}")
+        return {
+            "instructions.per_tunnel": total / res["completed"] if res["completed"] else None,
+            "instructions.tunnels": res["completed"],
+            "instructions.failed": res["error_total"],
+        }
+
     def check_client(self, t: Target, step: str, cpu: JsonDict) -> None:
         """Say when a figure may not measure the proxy: a saturated client, or a noisy machine."""
         busy = cpu.get("client_cpu_busy_pct")
@@ -897,7 +955,7 @@ class Bench:
             )
 
     def run_scenario(self, name: str, scenario: str, rnd: int) -> JsonDict:
-        t = self.start(name)
+        t = self.start(name, callgrind=scenario == INSTRUCTIONS)
         try:
             self.warm_up(t)
             method = getattr(self, f"scenario_{scenario}")
@@ -905,6 +963,23 @@ class Bench:
             return metrics
         finally:
             self.stop(t)
+
+
+def callgrind_control(*args: str) -> None:
+    done = subprocess.run(
+        ["callgrind_control", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    if done.returncode != 0:
+        raise BenchError(f"callgrind_control {' '.join(args)} failed: {done.stderr.strip()}")
+
+
+def callgrind_total(path: Path) -> int:
+    """The instruction total of one callgrind output file (0 for a process that counted none).
+    The `totals:` line at the end is the one to trust: in a dump requested while the program
+    runs, the `summary:` line near the top says 0."""
+    text = path.read_text(errors="replace")
+    found = re.findall(r"^totals: (\d+)", text, re.M) or re.findall(r"^summary: (\d+)", text, re.M)
+    return int(found[-1]) if found else 0
 
 
 def template(name: str, fields: dict[str, str | int]) -> str:
@@ -984,6 +1059,9 @@ def metric_table() -> list[Metric]:
         Metric("idle.open_failures", "idle:  open failures", "zero"),
         Metric("idle.closed_while_held", "idle:  closed while held", "zero"),
         Metric("idle.echo_failures", "idle:  echo failures", "zero"),
+        Metric("instructions.per_tunnel", "instructions: user-space instructions/tunnel", "lower"),
+        Metric("instructions.tunnels", "instructions: tunnels counted", "info"),
+        Metric("instructions.failed", "instructions: failed exchanges", "zero"),
     ]
     return rows
 
@@ -993,6 +1071,7 @@ FAILURE_KEYS = (
     "latency.failed",
     *(f"{d}{n}.failed" for d, n in TRANSFERS),
     "idle.failed",
+    "instructions.failed",
 )
 
 
@@ -1151,6 +1230,7 @@ def estimate_seconds(s: Settings, idle_tunnels: int) -> float:
         "rate": s.duration + s.lat_duration,
         "throughput": 4 * min(s.max_seconds, 4.0),
         "idle": idle_tunnels / 2000 + s.idle_hold + 1,
+        INSTRUCTIONS: s.duration + 60,  # and start-up under valgrind
     }
     total = sum(each[sc] + per_start for sc in s.scenarios)
     return total * len(s.proxies) * s.rounds
@@ -1275,6 +1355,11 @@ def headline(scenario: str, m: JsonDict) -> str:
         )
     if scenario == "throughput":
         return ", ".join(f"{d}{n} {m[f'{d}{n}.gb_per_s']:.2f}" for d, n in TRANSFERS) + " GB/s"
+    if scenario == INSTRUCTIONS:
+        per = m["instructions.per_tunnel"]
+        return (f"{per:,.0f} instructions/tunnel, " if per else "") + (
+            f"failed {m['instructions.failed']}"
+        )
     kib = m.get("idle.kib_per_tunnel")
     return (f"{kib:.1f} KiB/tunnel, " if kib is not None else "") + f"failed {m['idle.failed']}"
 

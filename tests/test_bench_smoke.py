@@ -177,3 +177,37 @@ def test_a_scaling_run_compares_worker_counts_with_nothing_pinned(tmp_path: Path
         in (result["table_markdown"])
     )
     assert processes_mentioning(result["rundir"]) == []
+
+
+@pytest.mark.valgrind
+def test_instruction_count_per_tunnel_under_callgrind(tmp_path: Path) -> None:
+    """`--scenario instructions`: the figure that does not drift with the machine's speed, so
+    a change to the set-up path can be judged from one run."""
+    out = tmp_path / "instructions.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "run.py"),
+            "--quick",
+            "--scenario",
+            "instructions",
+            "--connectproxy",
+            str(Path(sys.executable).parent / "connectproxy"),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["targets"]["connectproxy"]["command"][1] == "run"
+    summary = result["summary"]["connectproxy"]
+    assert summary["instructions.tunnels"]["median"] > 0
+    # A tunnel costs a few hundred thousand instructions; zero would mean nothing was counted.
+    assert 10_000 < summary["instructions.per_tunnel"]["median"] < 50_000_000
+    assert summary["instructions.failed"]["sum"] == 0
+    assert "instructions: user-space instructions/tunnel" in result["table_markdown"]
+    assert processes_mentioning(result["rundir"]) == []
