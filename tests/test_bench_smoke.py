@@ -65,31 +65,35 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
-@pytest.fixture(scope="module")
-def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    out = tmp_path_factory.mktemp("bench") / "result.json"
-    connectproxy = Path(sys.executable).parent / "connectproxy"
+def run_quick_bench(out: Path, *args: str, timeout: float = 120) -> dict[str, Any]:
+    """`bench/run.py --quick ARGS` against this venv's connectproxy; the result JSON, with the
+    printed output under "_stdout"."""
     done = subprocess.run(
         [
             sys.executable,
             str(REPO / "bench" / "run.py"),
             "--quick",
-            "--proxies",
-            ",".join(PROXIES),
+            *args,
             "--connectproxy",
-            str(connectproxy),
+            str(Path(sys.executable).parent / "connectproxy"),
             "--out",
             str(out),
         ],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     loaded: dict[str, Any] = json.loads(out.read_text())
     loaded["_stdout"] = done.stdout
     return loaded
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench") / "result.json"
+    return run_quick_bench(out, "--proxies", ",".join(PROXIES))
 
 
 @pytest.mark.squid
@@ -140,29 +144,14 @@ def test_nothing_is_left_running(result: dict[str, Any]) -> None:
 def test_a_scaling_run_compares_worker_counts_with_nothing_pinned(tmp_path: Path) -> None:
     """`--proxies connectproxy-w1,connectproxy-w2 --unpinned`: the run that shows `--workers`
     scaling on a machine whose load generator has no other host to run on."""
-    out = tmp_path / "scaling.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "run.py"),
-            "--quick",
-            "--scenario",
-            "rate",
-            "--unpinned",
-            "--proxies",
-            "connectproxy-w1,connectproxy-w2",
-            "--connectproxy",
-            str(Path(sys.executable).parent / "connectproxy"),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    result = run_quick_bench(
+        tmp_path / "scaling.json",
+        "--scenario",
+        "rate",
+        "--unpinned",
+        "--proxies",
+        "connectproxy-w1,connectproxy-w2",
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(out.read_text())
     assert result["settings"]["unpinned"] is True
     assert result["settings"]["proxy_cpu"] is None and result["settings"]["client_cpu"] is None
     for workers in (1, 2):
@@ -183,26 +172,9 @@ def test_a_scaling_run_compares_worker_counts_with_nothing_pinned(tmp_path: Path
 def test_instruction_count_per_tunnel_under_callgrind(tmp_path: Path) -> None:
     """`--scenario instructions`: the figure that does not drift with the machine's speed, so
     a change to the set-up path can be judged from one run."""
-    out = tmp_path / "instructions.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "bench" / "run.py"),
-            "--quick",
-            "--scenario",
-            "instructions",
-            "--connectproxy",
-            str(Path(sys.executable).parent / "connectproxy"),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    result = run_quick_bench(
+        tmp_path / "instructions.json", "--scenario", "instructions", timeout=300
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(out.read_text())
     assert result["targets"]["connectproxy"]["command"][1] == "run"
     summary = result["summary"]["connectproxy"]
     assert summary["instructions.tunnels"]["median"] > 0
