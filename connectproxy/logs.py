@@ -175,7 +175,7 @@ class AccessLog:
             self._append(_squid_line(rec))
         else:
             # Not through structlog's processor chain: per line, that cost more than the rest
-            # of a tunnel's bookkeeping. The line is the same compact JSON it would render.
+            # of a tunnel's bookkeeping. One compact JSON object per line (test_logs.py).
             self._append(access_json(rec, self.report_mode, self._timestamp(rec.start)))
 
     def flush(self) -> None:
