@@ -51,8 +51,10 @@ KNOWN_PROXIES = ("connectproxy", "squid", "direct")
 # "connectproxy-w2": connectproxy with --workers 2, so one run can compare worker counts.
 WORKERS_NAME = re.compile(r"connectproxy-w([1-9][0-9]?)")
 SCENARIOS = ("rate", "throughput", "idle")
-# Not part of "all": it runs the proxy under valgrind, which makes everything 50 times slower.
+# Not part of "all": counts that need a tracer around the proxy (valgrind makes it 50 times
+# slower, strace several times), and that do not drift with the machine's speed.
 INSTRUCTIONS = "instructions"
+SYSCALLS = "syscalls"
 TRANSFERS = (("up", 1), ("down", 1), ("up", 8), ("down", 8))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
@@ -118,10 +120,11 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     )
     p.add_argument(
         "--scenario",
-        choices=(*SCENARIOS, INSTRUCTIONS, "all"),
+        choices=(*SCENARIOS, INSTRUCTIONS, SYSCALLS, "all"),
         default="all",
-        help="all = rate, throughput and idle; instructions (valgrind's callgrind) counts the "
-        "user-space instructions per tunnel, a figure the machine's speed does not change",
+        help="all = rate, throughput and idle; instructions (valgrind's callgrind) and syscalls "
+        "(strace) count user-space instructions and system calls per tunnel, figures the "
+        "machine's speed does not change",
     )
     p.add_argument("--rounds", type=int, default=3, help="figures are medians over rounds")
     p.add_argument("--duration", type=float, default=10.0, help="rate: seconds at C clients")
@@ -213,6 +216,11 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
             # never takes callgrind's command to start counting: only a single connectproxy
             # process can be measured this way.
             p.error("--scenario instructions measures one connectproxy process (no --workers)")
+    if a.scenario == SYSCALLS:
+        if shutil.which("strace") is None:
+            p.error("--scenario syscalls needs strace (apt-get install -y strace)")
+        if "direct" in names:
+            p.error("--scenario syscalls measures proxies; drop direct")
     cpus = sorted(os.sched_getaffinity(0))
     if a.unpinned:
         if a.proxy_cpu is not None or a.client_cpu is not None:
@@ -931,6 +939,39 @@ class Bench:
             "instructions.failed": res["error_total"],
         }
 
+    def scenario_syscalls(self, t: Target, rnd: int) -> JsonDict:
+        """System calls per tunnel of the rate exchange, counted by `strace -c` over every
+        process of the proxy (Squid's too). Like the instruction count, the same figure from one
+        hour to the next; it covers what the instruction count leaves out, the kernel's side."""
+        s = self.s
+        assert t.pid is not None
+        summary = self.rundir / f"{t.name}-{self.instances}.strace"
+        argv = ["strace", "-c", "-f", "-o", str(summary)]
+        for pid, _ in process_tree(t.pid):
+            argv += ["-p", str(pid)]
+        tracer = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            time.sleep(1.0)  # attached: strace stops each process and then lets it go on
+            args = ["-c", str(s.concurrency), "--duration", str(s.duration)]
+            res = self.loadgen(t, "rate", args, s.duration + 120)
+        finally:
+            tracer.send_signal(signal.SIGINT)  # detach; strace writes its table on the way out
+            tracer.wait(timeout=60)
+        calls = strace_calls(summary.read_text() if summary.exists() else "")
+        self.raw.append(
+            {"round": rnd, "proxy": t.name, "step": "syscalls", "loadgen": res, "calls": calls}
+        )
+        done = res["completed"]
+        if res["error_total"]:
+            self.warn(f"{t.name} syscalls: {res['error_total']} failed; {res['first_error']}")
+        return {
+            "syscalls.per_tunnel": sum(calls.values()) / done if done and calls else None,
+            "syscalls.tunnels": done,
+            "syscalls.failed": res["error_total"],
+        }
+
     def check_client(self, t: Target, step: str, cpu: JsonDict) -> None:
         """Say when a figure may not measure the proxy: a saturated client, or a noisy machine."""
         busy = cpu.get("client_cpu_busy_pct")
@@ -980,6 +1021,17 @@ def callgrind_total(path: Path) -> int:
     text = path.read_text(errors="replace")
     found = re.findall(r"^totals: (\d+)", text, re.M) or re.findall(r"^summary: (\d+)", text, re.M)
     return int(found[-1]) if found else 0
+
+
+def strace_calls(table: str) -> dict[str, int]:
+    """Calls per system call from `strace -c`'s table (rows end with the call's name; the
+    calls column is the fourth)."""
+    calls: dict[str, int] = {}
+    for line in table.splitlines():
+        cols = line.split()
+        if len(cols) >= 5 and cols[-1] != "total" and cols[3].isdigit():
+            calls[cols[-1]] = calls.get(cols[-1], 0) + int(cols[3])
+    return calls
 
 
 def template(name: str, fields: dict[str, str | int]) -> str:
@@ -1062,6 +1114,9 @@ def metric_table() -> list[Metric]:
         Metric("instructions.per_tunnel", "instructions: user-space instructions/tunnel", "lower"),
         Metric("instructions.tunnels", "instructions: tunnels counted", "info"),
         Metric("instructions.failed", "instructions: failed exchanges", "zero"),
+        Metric("syscalls.per_tunnel", "syscalls: system calls/tunnel", "lower"),
+        Metric("syscalls.tunnels", "syscalls: tunnels counted", "info"),
+        Metric("syscalls.failed", "syscalls: failed exchanges", "zero"),
     ]
     return rows
 
@@ -1072,6 +1127,7 @@ FAILURE_KEYS = (
     *(f"{d}{n}.failed" for d, n in TRANSFERS),
     "idle.failed",
     "instructions.failed",
+    "syscalls.failed",
 )
 
 
@@ -1231,6 +1287,7 @@ def estimate_seconds(s: Settings, idle_tunnels: int) -> float:
         "throughput": 4 * min(s.max_seconds, 4.0),
         "idle": idle_tunnels / 2000 + s.idle_hold + 1,
         INSTRUCTIONS: s.duration + 60,  # and start-up under valgrind
+        SYSCALLS: s.duration + 2,
     }
     total = sum(each[sc] + per_start for sc in s.scenarios)
     return total * len(s.proxies) * s.rounds
@@ -1355,6 +1412,11 @@ def headline(scenario: str, m: JsonDict) -> str:
         )
     if scenario == "throughput":
         return ", ".join(f"{d}{n} {m[f'{d}{n}.gb_per_s']:.2f}" for d, n in TRANSFERS) + " GB/s"
+    if scenario == SYSCALLS:
+        per = m["syscalls.per_tunnel"]
+        return (f"{per:.1f} system calls/tunnel, " if per else "") + (
+            f"failed {m['syscalls.failed']}"
+        )
     if scenario == INSTRUCTIONS:
         per = m["instructions.per_tunnel"]
         return (f"{per:,.0f} instructions/tunnel, " if per else "") + (

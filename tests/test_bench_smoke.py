@@ -183,3 +183,22 @@ def test_instruction_count_per_tunnel_under_callgrind(tmp_path: Path) -> None:
     assert summary["instructions.failed"]["sum"] == 0
     assert "instructions: user-space instructions/tunnel" in result["table_markdown"]
     assert processes_mentioning(result["rundir"]) == []
+
+
+@pytest.mark.squid
+def test_system_calls_per_tunnel_under_strace(tmp_path: Path) -> None:
+    """`--scenario syscalls`: the kernel-side count, for both proxies, from one quick run."""
+    result = run_quick_bench(
+        tmp_path / "syscalls.json", "--scenario", "syscalls", "--proxies", ",".join(PROXIES)
+    )
+    for proxy in PROXIES:
+        summary = result["summary"][proxy]
+        assert summary["syscalls.tunnels"]["median"] > 0
+        # A tunnel needs at least accept, connect and a close per socket; a few hundred would
+        # mean the count took in something else.
+        assert 5 < summary["syscalls.per_tunnel"]["median"] < 500
+        assert summary["syscalls.failed"]["sum"] == 0
+    calls = [r["calls"] for r in result["raw"] if r["step"] == "syscalls"]
+    assert all("connect" in c for c in calls)
+    assert "syscalls: system calls/tunnel" in result["table_markdown"]
+    assert processes_mentioning(result["rundir"]) == []
