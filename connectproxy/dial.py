@@ -103,32 +103,33 @@ def _connect_error(addrs: list[IPAddress], port: int, errors: list[BaseException
     return DialError(502, "connect_failed", f"cannot connect to {where} port {port}: {detail}")
 
 
-async def open_tcp(addrs: list[IPAddress], port: int) -> socket.socket:
+async def open_tcp(addrs: list[IPAddress], port: int) -> tuple[socket.socket, IPAddress]:
     """Connect to the first address that answers, starting the next attempt every 250 ms while
-    earlier ones are still pending (Happy Eyeballs). The caller bounds the whole with the connect
-    timeout; cancelling closes every attempt's socket."""
+    earlier ones are still pending (Happy Eyeballs); return the socket and the address it
+    reached. The caller bounds the whole with the connect timeout; cancelling closes every
+    attempt's socket."""
     if len(addrs) == 1:
         try:
-            return await _connect_one(addrs[0], port)
+            return await _connect_one(addrs[0], port), addrs[0]
         except OSError as exc:
             raise _connect_error(addrs, port, [exc]) from None
 
     errors: list[BaseException] = []
+    attempts: dict[asyncio.Task[socket.socket], IPAddress] = {}
     pending: set[asyncio.Task[socket.socket]] = set()
-    winner: socket.socket | None = None
     try:
         for addr in addrs:
-            pending.add(asyncio.ensure_future(_connect_one(addr, port)))
+            attempt = asyncio.ensure_future(_connect_one(addr, port))
+            attempts[attempt] = addr
+            pending.add(attempt)
             done, pending = await asyncio.wait(
                 pending, timeout=HAPPY_EYEBALLS_DELAY, return_when=asyncio.FIRST_COMPLETED
             )
-            winner = _pick(done, errors, winner)
-            if winner is not None:
+            if (winner := _pick(done, errors, attempts)) is not None:
                 return winner
         while pending:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            winner = _pick(done, errors, winner)
-            if winner is not None:
+            if (winner := _pick(done, errors, attempts)) is not None:
                 return winner
         raise _connect_error(addrs, port, errors)
     finally:
@@ -145,15 +146,17 @@ async def open_tcp(addrs: list[IPAddress], port: int) -> socket.socket:
 def _pick(
     done: set[asyncio.Task[socket.socket]],
     errors: list[BaseException],
-    winner: socket.socket | None,
-) -> socket.socket | None:
-    """Keep the first connected socket, close any others that finished in the same round."""
+    attempts: dict[asyncio.Task[socket.socket], IPAddress],
+) -> tuple[socket.socket, IPAddress] | None:
+    """The first connected socket of this round and its address; any other that finished in
+    the same round is closed, and failures go to `errors`."""
+    winner: tuple[socket.socket, IPAddress] | None = None
     for task in done:
         exc = task.exception()
         if exc is not None:
             errors.append(exc)
         elif winner is None:
-            winner = task.result()
+            winner = task.result(), attempts[task]
         else:
             task.result().close()
     return winner

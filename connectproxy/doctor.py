@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from connectproxy.addresses import endpoint_text
 from connectproxy.config import Config
 from connectproxy.configfile import ConfigError, load_config
 from connectproxy.dial import DialError, open_tcp, resolve
@@ -195,7 +196,7 @@ class _Probe:
                     )
                 self.stage = "tcp"
                 began = time.perf_counter()
-                self.sock = await open_tcp(usable, target.port)
+                self.sock, reached = await open_tcp(usable, target.port)
                 self.result.connect_ms = _ms_since(began)
         except DialError as exc:
             raise _StepFailed(self.stage, exc.reason) from None
@@ -203,7 +204,7 @@ class _Probe:
             raise _StepFailed(
                 self.stage, f"no answer within {limit:g} s (timeouts.connect)"
             ) from None
-        self.result.address = peer_address(self.sock)
+        self.result.address = endpoint_text(reached, target.port)
 
     async def _open_via_upstream(self) -> bytes:
         """The upstream chain with its failover and cool-downs; returns the bytes the upstream

@@ -518,7 +518,7 @@ class Server:
                 if not usable:
                     raise DialError(403, "forbidden", "destination address is not allowed")
                 stage = "connect"
-                sock = await open_tcp(usable, target.port)
+                sock, reached = await open_tcp(usable, target.port)
         except TimeoutError:
             if stage == "resolve":
                 raise DialError(
@@ -527,10 +527,7 @@ class Server:
             raise DialError(
                 504, "connect_timeout", f"connecting to {target.authority} timed out"
             ) from None
-        # With one address there is nothing to ask the kernel: it is the one connected to.
-        rec.server_addr = (
-            endpoint_text(usable[0], target.port) if len(usable) == 1 else peer_address(sock)
-        )
+        rec.server_addr = endpoint_text(reached, target.port)
         return sock, b""
 
     def _start_tunnel(

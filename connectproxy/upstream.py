@@ -135,7 +135,7 @@ class Upstreams:
 
     async def _connect(self, proxy: UpstreamProxy) -> socket.socket:
         try:
-            sock = await open_tcp(await lookup(proxy.host, proxy.port), proxy.port)
+            sock, _ = await open_tcp(await lookup(proxy.host, proxy.port), proxy.port)
         except (OSError, DialError) as exc:
             raise _Unusable(f"{proxy.name}: {exc}") from None
         ctx = self.contexts.get(proxy.name)
