@@ -94,7 +94,9 @@ def _text(value: str | None) -> str:
     return "null" if value is None else _json_string(value)
 
 
-def _number(value: float | None) -> str:
+def _number(value: int | float | None) -> str:
+    # `int | float`, not PEP 484's `float` that admits ints: compiled, a `float` parameter turns
+    # an int into a float, and a status of 200 would be written as 200.0.
     return "null" if value is None else repr(value)
 
 

@@ -407,15 +407,17 @@ class Server:
                 sock, server_sock, decision, config, rec, len(early), len(early_reply), ended
             )
             handed_over = True  # the tunnel owns both sockets now, and calls `ended` at its end
-        except RequestError as exc:
-            extra = ALLOW_CONNECT if exc.status == 405 else ()
-            self._answer(sock, exc.status, exc.reason, rec, exc.outcome, extra)
-        except DialError as exc:
-            rec.upstream = exc.upstream
-            self._answer(sock, exc.status, exc.reason, rec, exc.outcome)
-        except _Closed as exc:
-            rec.outcome, rec.error = exc.outcome, exc.reason
-            self.metrics.count(exc.outcome)
+        # One name per handler: compiled (setup.py), a name shared by handlers of different
+        # exception types is given the first handler's type and the others fail a type check.
+        except RequestError as refused:
+            extra = ALLOW_CONNECT if refused.status == 405 else ()
+            self._answer(sock, refused.status, refused.reason, rec, refused.outcome, extra)
+        except DialError as unreachable:
+            rec.upstream = unreachable.upstream
+            self._answer(sock, unreachable.status, unreachable.reason, rec, unreachable.outcome)
+        except _Closed as closed:
+            rec.outcome, rec.error = closed.outcome, closed.reason
+            self.metrics.count(closed.outcome)
         except OSError as exc:
             # The client went away while we were answering or connecting.
             if rec.outcome is None:
