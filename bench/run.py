@@ -1256,6 +1256,8 @@ def environment(s: Settings) -> JsonDict:
                 "import sys, uvloop; print(sys.version.split()[0], 'uvloop', uvloop.__version__)",
             ]
         )
+        # Compiled or plain Python (setup.py): the two differ in speed only, so say which ran.
+        env["connectproxy"] = cmd([s.connectproxy, "--version"])
     return env
 
 

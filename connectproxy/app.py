@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from connectproxy import __version__, compiled
 from connectproxy.auth import Authenticator
 from connectproxy.config import Config
 from connectproxy.configfile import ConfigError, summarize
@@ -93,7 +94,13 @@ class App:
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.ready = True
-        self.log.info("started", config=self.config.source, policy=summarize(self.config))
+        self.log.info(
+            "started",
+            config=self.config.source,
+            policy=summarize(self.config),
+            version=__version__,
+            compiled=compiled(),
+        )
         self.notifier.ready(self._status())
         # Watchdog pings come from the loop that serves tunnels: a hung loop gets restarted.
         self._background.append(asyncio.ensure_future(self.notifier.run_watchdog()))

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from connectproxy import __version__, compiled
 from connectproxy.config import Config
 from connectproxy.configfile import ConfigError, config_from_mapping, load_config, summarize
 from connectproxy.doctor import add_doctor_parser
@@ -186,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="connectproxy",
         description="Forwarding HTTP CONNECT proxy for OT sensors: allowlisted egress only.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"connectproxy {__version__} (compiled: {'yes' if compiled() else 'no'})",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -12,7 +12,35 @@ import pytest
 import trustme
 import uvloop
 
+import connectproxy
 from tests.support import HTTPSOrigin, OriginServer, ProxyProcess, write_leaf
+
+
+def stale_compiled_modules() -> list[str]:
+    """Sources edited after setup.py compiled them. Python imports the compiled module in
+    preference to its source, so the tests would silently run yesterday's code."""
+    package = Path(connectproxy.__file__).parent
+    stale = []
+    for ext in sorted(package.glob("*.so")):
+        source = package / f"{ext.name.split('.')[0]}.py"
+        if source.exists() and source.stat().st_mtime > ext.stat().st_mtime:
+            stale.append(source.name)
+    return stale
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if stale := stale_compiled_modules():
+        pytest.exit(
+            f"changed since they were compiled: {', '.join(stale)}; "
+            "`make test` rebuilds them (or `make clean` for plain Python)",
+            returncode=2,
+        )
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Which build the suite ran on, in the summary that `make test`'s -q still prints."""
+    build = "compiled by setup.py" if connectproxy.compiled() else "plain Python"
+    terminalreporter.write_line(f"connectproxy build tested: {build}")
 
 
 @pytest.fixture(scope="session")

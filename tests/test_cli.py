@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from connectproxy import configfile
+import connectproxy
+from connectproxy import configfile, server
 from connectproxy.cli import main
 from connectproxy.passwords import verify_password
 
@@ -477,3 +478,18 @@ def test_python_m_config_error_has_no_traceback(tmp_path: Path) -> None:
     assert f"{path}:4: users[0].password_hash:" in result.stderr
     assert "Traceback" not in result.stderr
     assert "hunter2" not in result.stderr
+
+
+def test_version_says_whether_the_connection_path_is_compiled() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "connectproxy", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    compiled = not server.__file__.endswith(".py")
+    assert connectproxy.compiled() is compiled
+    assert (
+        out
+        == f"connectproxy {connectproxy.__version__} (compiled: {'yes' if compiled else 'no'})\n"
+    )

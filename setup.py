@@ -1,0 +1,50 @@
+"""Build hook: compile the modules on the connection path to C with mypyc.
+
+The source stays the plain, type-checked Python in `connectproxy/`; mypyc turns the modules every
+connection runs through into extension modules that do the same thing with about a fifth fewer
+instructions (README.md, "Performance"). An extension module is imported in preference to the
+`.py` beside it.
+
+`CONNECTPROXY_PURE_PYTHON=1` skips the step, for a platform without a C compiler: the package then
+runs as plain Python, with the same behaviour and the same tests, only slower.
+"""
+
+from __future__ import annotations
+
+import os
+
+from setuptools import setup
+
+# The modules a connection runs through, from accept to the access line. Start-up and operations
+# code (config file parsing, the Squid importer, the CLI, workers) gains nothing from compiling.
+COMPILED = [
+    "connectproxy/addresses.py",
+    "connectproxy/deadlines.py",
+    "connectproxy/dial.py",
+    "connectproxy/http.py",
+    "connectproxy/logs.py",
+    "connectproxy/metrics.py",
+    "connectproxy/policy.py",
+    "connectproxy/server.py",
+    "connectproxy/sockio.py",
+    "connectproxy/tunnel.py",
+]
+
+
+def ext_modules() -> list[object]:
+    if os.environ.get("CONNECTPROXY_PURE_PYTHON"):
+        return []
+    from mypyc.build import mypycify
+
+    # The run-time libraries are not installed in the isolated build environment; where their
+    # types are missing mypyc treats the values as plain objects, which costs nothing here.
+    return list(
+        mypycify(
+            ["--ignore-missing-imports", *COMPILED],
+            opt_level="3",
+            group_name="connectproxy._compiled",
+        )
+    )
+
+
+setup(ext_modules=ext_modules())
