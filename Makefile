@@ -22,6 +22,8 @@ $(STAMP): pyproject.toml
 $(BUILT): $(STAMP) $(SOURCES)
 	rm -f connectproxy/*.so $(VENV)/.built-*
 	$(BIN)/python setup.py --quiet build_ext --inplace
+	# Built from the sources as they are now, even where the build reused an unchanged result.
+	find connectproxy -name "*.so" -exec touch {} +
 	touch $(BUILT)
 
 ## Serve on the embedded default config (or CONFIG=path/to/file.yaml).
