@@ -30,8 +30,12 @@ FROM python:3.11-slim AS builder
 WORKDIR /src
 # .dockerignore keeps the virtualenv, git history, tests and caches out of this context.
 COPY . .
-# uvloop, PyYAML and bcrypt ship binary wheels for amd64 and arm64, so no compiler is needed;
-# on another architecture install build-essential here, never in the final stage.
+# The connection path is compiled to C when connectproxy's wheel is built (setup.py), so this
+# stage needs a C compiler; the slim image already has the Python headers. uvloop, PyYAML and
+# bcrypt ship binary wheels for amd64 and arm64. Compilers stay here, never in the final stage.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[bcrypt]"
 
 # ---- final: the interpreter, the installed wheels, nothing else ---------------------------
