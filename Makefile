@@ -12,17 +12,18 @@ SOURCES := $(wildcard connectproxy/*.py) setup.py
 
 .PHONY: run test suite test-pure test-long soak fuzz lint typecheck bench clean
 
+# The install itself stays plain; compiling is $(BUILT)'s job, so it happens once.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# The install itself stays plain; the compile is $(BUILT)'s, so it happens once.
 	CONNECTPROXY_PURE_PYTHON=1 $(BIN)/pip install --quiet -e '.[test,bcrypt]'
 	touch $(STAMP)
 
+# The touch says the modules are built from the sources as they are now, also where the build
+# reused an unchanged result (the stale-build guard in tests/conftest.py compares the times).
 $(BUILT): $(STAMP) $(SOURCES)
 	rm -f connectproxy/*.so $(VENV)/.built-*
 	$(BIN)/python setup.py --quiet build_ext --inplace
-	# Built from the sources as they are now, even where the build reused an unchanged result.
 	find connectproxy -name "*.so" -exec touch {} +
 	touch $(BUILT)
 
