@@ -19,6 +19,7 @@ from setuptools import setup
 # code (config file parsing, the Squid importer, the CLI, workers) gains nothing from compiling.
 COMPILED = [
     "connectproxy/addresses.py",
+    "connectproxy/busypoll.py",
     "connectproxy/deadlines.py",
     "connectproxy/dial.py",
     "connectproxy/http.py",

@@ -22,6 +22,7 @@ from typing import Any
 from connectproxy import proxyproto
 from connectproxy.addresses import endpoint_text, parse_address
 from connectproxy.auth import Authenticator
+from connectproxy.busypoll import BusyPoll
 from connectproxy.config import Config, IPAddress, Listener
 from connectproxy.deadlines import Deadlines
 from connectproxy.dial import DialError, open_tcp, resolve
@@ -176,6 +177,7 @@ class Server:
         self.buffer = memoryview(bytearray(CHUNK))
         self._flusher: asyncio.TimerHandle | None = None
         self._log_flusher: asyncio.TimerHandle | None = None
+        self.busy_poll = BusyPoll(self.loop)
         self.apply_limits(self.policy.config)
 
     @property
@@ -245,6 +247,7 @@ class Server:
                     self.log.error("cannot listen", address=listener.address, error=str(exc))
 
     def _on_acceptable(self, entry: _Listening) -> None:
+        self.busy_poll.arrived()
         for _ in range(ACCEPT_BATCH):
             try:
                 sock, peer = entry.sock.accept()
@@ -557,6 +560,7 @@ class Server:
             pipes=self.pipes,
             buffer=self.buffer,
             io=self.io,
+            busy_poll=self.busy_poll,
         )
         tunnel.upstream.count = early_up
         tunnel.downstream.count = early_down
@@ -578,6 +582,7 @@ class Server:
             connection_ended()
 
         tunnel.start(tunnel_ended)
+        self.busy_poll.expect()  # the client's first bytes, its TLS hello, follow the 200
 
     def _answer(
         self,

@@ -24,6 +24,8 @@ import ssl
 from collections.abc import Callable
 from typing import Protocol
 
+from connectproxy.busypoll import BusyPoll
+
 CHUNK = 1 << 16  # copy mode: bytes per read into the shared buffer
 PIPE_SIZE = 1 << 20  # splice mode: bytes per read into a pipe (Linux's default pipe-max-size)
 _SPLICE = getattr(os, "splice", None)
@@ -177,9 +179,11 @@ class Tunnel:
         pipes: PipePool | None,
         buffer: memoryview,
         io: Poller,
+        busy_poll: BusyPoll | None = None,
     ) -> None:
         self.loop = loop
         self.io = io
+        self.busy_poll = busy_poll
         self.client = client
         self.server = server
         self.idle_timeout = idle_timeout
@@ -253,6 +257,8 @@ class Tunnel:
         """`flow` read the end of its stream from `src`: pass it on to `dst`, or, if the other
         direction has ended already, end the tunnel."""
         flow.ended = True
+        if self.busy_poll is not None:
+            self.busy_poll.expect()  # a client that closes one tunnel may open the next at once
         other = self.downstream if flow is self.upstream else self.upstream
         if not other.ended:
             self.io.remove_reader(src.fileno())

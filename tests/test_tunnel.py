@@ -7,9 +7,11 @@ import asyncio
 import hashlib
 import os
 import socket
+import time
 
 import pytest
 
+from connectproxy.busypoll import BusyPoll
 from connectproxy.tunnel import CHUNK, PipePool, Poller, Tunnel, splice_available
 
 MODES = ["splice", "copy"] if splice_available else ["copy"]
@@ -32,6 +34,7 @@ async def make_tunnel(
     *,
     io: Poller | None = None,
     pool: PipePool | None = None,
+    busy_poll: BusyPoll | None = None,
 ) -> tuple[Tunnel, socket.socket, socket.socket, PipePool | None]:
     """client_end <-> [proxy_client | tunnel | proxy_server] <-> server_end
 
@@ -49,6 +52,7 @@ async def make_tunnel(
         pipes=pool,
         buffer=memoryview(bytearray(CHUNK)),
         io=io or Poller(loop),
+        busy_poll=busy_poll,
     )
     return tunnel, client_end, server_end, pool
 
@@ -111,6 +115,24 @@ async def test_half_close_keeps_the_other_direction(mode: str) -> None:
     await send_all(server, b"late reply")
     assert await asyncio.wait_for(loop.sock_recv(client, 100), 5) == b"late reply"
     assert not task.done()
+    server.shutdown(socket.SHUT_WR)
+    await asyncio.wait_for(task, 5)
+    close_all(client, server, pool)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_an_end_of_stream_starts_polling_for_the_next_connection(mode: str) -> None:
+    loop = asyncio.get_running_loop()
+    poll = BusyPoll(loop)
+    for _ in range(4):
+        poll.arrived()  # accepts in quick succession: the window is open
+    await asyncio.sleep(0.005)
+    tunnel, client, server, pool = await make_tunnel(mode, busy_poll=poll)
+    task = asyncio.ensure_future(tunnel.run())
+    before = time.monotonic_ns()
+    client.shutdown(socket.SHUT_WR)
+    assert await asyncio.wait_for(loop.sock_recv(server, 10), 5) == b""
+    assert poll.until_ns > before  # the end of stream opened a window
     server.shutdown(socket.SHUT_WR)
     await asyncio.wait_for(task, 5)
     close_all(client, server, pool)
