@@ -15,12 +15,15 @@ away it is waste. So the window adapts, as the guest kernel's halt-polling does,
 event that starts the work: at each accept it doubles if polling caught the connection or would
 have with the longest window, and halves, down to no polling at all, if the loop would have
 slept longer than that anyway. The bytes of an established tunnel never start polling, and an
-idle proxy never polls.
+idle proxy never polls. Each turn of polling yields the core to any other process that is
+ready to run on it, so polling uses only time the core would otherwise spend idle (with two
+workers sharing two cores with their clients, not yielding cost 5% of the tunnel rate).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 # The longest window: long enough to bridge a peer's turnaround on loopback or in a host, its
@@ -81,6 +84,7 @@ class BusyPoll:
 
     def _poll(self) -> None:
         if time.monotonic_ns() < self._until_ns:
+            os.sched_yield()  # a process waiting for this core gets it: polling fills idle time
             self._loop.call_soon(self._poll)
         else:
             self._polling = False
