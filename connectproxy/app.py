@@ -10,7 +10,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from connectproxy import __version__, compiled
 from connectproxy.auth import Authenticator
@@ -86,7 +86,11 @@ class App:
         metrics = self.config.metrics
         if self.role.ops and metrics.host is not None and metrics.port is not None:
             self.ops = OpsServer(
-                metrics.host, metrics.port, self.registry, ready=lambda: self.ready
+                metrics.host,
+                metrics.port,
+                self.registry,
+                ready=lambda: self.ready,
+                render=self._render_metrics,
             )
             await self.ops.start()
         loop = asyncio.get_running_loop()
@@ -109,6 +113,11 @@ class App:
         if self.role.ready_fd is not None:
             os.write(self.role.ready_fd, b"R")
             os.close(self.role.ready_fd)
+
+    def _render_metrics(self) -> bytes:
+        """What a scrape sees includes every connection that has ended, even in this iteration."""
+        self.metrics.flush()
+        return generate_latest(self.registry)
 
     def _status(self) -> str:
         listening = ", ".join(listener.address for listener in self.config.listen)

@@ -289,7 +289,7 @@ class Server:
             self._refuse_overloaded(sock, peer, "too many connections", entry.tls_context is None)
             return
         self.connections += 1
-        self.metrics.connections_active.inc()
+        self.metrics.connection_opened()
         task = self.loop.create_task(self._serve(sock, peer, entry))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -345,7 +345,7 @@ class Server:
                 else:
                     del self.per_source[counted_source]
             self.connections -= 1
-            self.metrics.connections_active.dec()
+            self.metrics.connection_closed()
             rec.duration_s = round(time.perf_counter() - began, 6)
             self.access_log.write(rec)
 
@@ -567,13 +567,12 @@ class Server:
         series = self.metrics.client(label)
         active = _Active(tunnel, series)
         self.active.add(active)
-        gauge = series.tunnels_active
-        gauge.inc()
+        self.metrics.tunnel_opened(series)
         started = time.perf_counter()
 
         def tunnel_ended() -> None:
             self.active.discard(active)
-            gauge.dec()
+            self.metrics.tunnel_closed(series)
             self._flush_bytes(active)
             self.metrics.tunnel_seconds.observe(time.perf_counter() - started)
             rec.bytes_client_to_server = tunnel.bytes_client_to_server
@@ -606,12 +605,11 @@ class Server:
     def _flush_bytes(self, active: _Active) -> None:
         tunnel = active.tunnel
         up, down = tunnel.bytes_client_to_server, tunnel.bytes_server_to_client
-        if up > active.flushed_up:
-            active.series.bytes_up.inc(up - active.flushed_up)
-            active.flushed_up = up
-        if down > active.flushed_down:
-            active.series.bytes_down.inc(down - active.flushed_down)
-            active.flushed_down = down
+        if up > active.flushed_up or down > active.flushed_down:
+            self.metrics.add_tunnel_bytes(
+                active.series, up - active.flushed_up, down - active.flushed_down
+            )
+            active.flushed_up, active.flushed_down = up, down
 
     def _flush_bytes_tick(self) -> None:
         for active in self.active:
@@ -659,6 +657,7 @@ class Server:
         self.deadlines.close()
         self.policy.auth.close()
         self.access_log.flush()
+        self.metrics.flush()
 
 
 def _send_quietly(sock: socket.socket, data: bytes) -> None:

@@ -8,6 +8,7 @@ Different client source addresses come from binding the client socket to 127.0.0
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import socket
 import socketserver
@@ -17,9 +18,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from connectproxy.metrics import OUTCOMES
+from connectproxy.metrics import OUTCOMES, Metrics
 from connectproxy.passwords import hash_password
 from tests.conftest import ProxyFactory
 from tests.support import (
@@ -337,3 +339,49 @@ def test_ops_endpoints_series_types_and_process_metrics(make_proxy: ProxyFactory
         assert ("connectproxy_requests_total", frozenset({("outcome", outcome)})) in samples
     for result in ("success", "failure"):
         assert value(samples, "connectproxy_config_reloads_total", result=result) == 0
+
+
+# ---- batching (in process) --------------------------------------------------------------------
+
+
+def _sample(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+async def test_changes_are_applied_once_per_loop_iteration() -> None:
+    """The set-up path tallies; the series change when the loop's current iteration ends."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    series = metrics.client("sensors")
+    for _ in range(3):
+        metrics.connection_opened()
+        metrics.count("established")
+        metrics.tunnel_opened(series)
+    metrics.connection_closed()
+    metrics.tunnel_closed(series)
+    metrics.add_tunnel_bytes(series, 100, 2000)
+    assert _sample(registry, "connectproxy_requests_total", outcome="established") == 0
+    assert _sample(registry, "connectproxy_connections_active") == 0
+
+    await asyncio.sleep(0)  # one iteration
+
+    assert _sample(registry, "connectproxy_requests_total", outcome="established") == 3
+    assert _sample(registry, "connectproxy_connections_active") == 2
+    assert _sample(registry, "connectproxy_tunnels_active", client="sensors") == 2
+    up = {"client": "sensors", "direction": "client_to_server"}
+    down = {"client": "sensors", "direction": "server_to_client"}
+    assert _sample(registry, "connectproxy_tunnel_bytes_total", **up) == 100
+    assert _sample(registry, "connectproxy_tunnel_bytes_total", **down) == 2000
+
+    metrics.count("forbidden")
+    metrics.flush()  # what a scrape does first
+    assert _sample(registry, "connectproxy_requests_total", outcome="forbidden") == 1
+    await asyncio.sleep(0)  # the flush already scheduled finds nothing left to apply
+    assert _sample(registry, "connectproxy_requests_total", outcome="forbidden") == 1
+
+
+def test_without_a_running_loop_changes_apply_at_once() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.count("bad_request")
+    assert _sample(registry, "connectproxy_requests_total", outcome="bad_request") == 1
