@@ -28,6 +28,7 @@ from connectproxy.http import (
     parse_basic_credentials,
     parse_head,
     parse_target,
+    take_request,
 )
 
 LIMIT = 8192
@@ -749,3 +750,42 @@ def test_generated_request_round_trips(
     assert request.target == parse_target(f"{name}:{port}")
     assert request.headers == tuple((key.lower(), value) for key, value in headers)
     assert request.proxy_authorization is None
+
+
+# ---- take_request: remembered heads -------------------------------------------------------------
+
+
+def test_a_repeated_head_is_parsed_once_and_the_bytes_after_it_are_kept() -> None:
+    head = connect_to("sensor.azure-devices.net:443", b"User-Agent: sensor/1.0\r\n")
+    first = take_request(head + b"\x16\x03\x01", LIMIT)
+    second = take_request(head, LIMIT)
+    assert first is not None and second is not None
+    assert first[0] is second[0]  # the same immutable Request, not a second parse
+    assert first[0] == parse_head(head)
+    assert (first[1], second[1]) == (b"\x16\x03\x01", b"")
+
+
+def test_a_head_with_credentials_is_never_remembered() -> None:
+    """The authenticator keeps no password in memory; the parser must not keep one either."""
+    for name in (b"Proxy-Authorization", b"proxy-authorization", b"PROXY-AUTHORIZATION"):
+        auth = name + b": Basic " + SECRET.encode() + b"\r\n"
+        head = connect_to("sensor.azure-devices.net:443", auth)
+        first, second = take_request(head, LIMIT), take_request(head, LIMIT)
+        assert first is not None and second is not None
+        assert first[0] is not second[0]
+        assert first[0].proxy_authorization == f"Basic {SECRET}"
+
+
+def test_a_long_head_is_not_remembered() -> None:
+    head = connect_to("sensor.azure-devices.net:443", b"X-Pad: " + b"a" * 600 + b"\r\n")
+    first, second = take_request(head, LIMIT), take_request(head, LIMIT)
+    assert first is not None and second is not None
+    assert first[0] is not second[0]
+
+
+def test_a_bad_head_is_refused_every_time() -> None:
+    head = connect_to("sensor.azure-devices.net:443")[:-2] + b"Bad Header\r\n\r\n"
+    for _ in range(2):
+        with pytest.raises(RequestError) as refused:
+            take_request(head, LIMIT)
+        assert refused.value.status == 400
