@@ -51,27 +51,68 @@ def get_logger() -> Any:
     return structlog.get_logger("connectproxy")
 
 
-@dataclass(slots=True)
+# `init=False` and an __init__ of our own: compiled (setup.py), a dataclass's generated
+# __init__ stays interpreted, and a record is made for every connection. The fields and their
+# defaults are declared twice; the dataclass still gives equality, repr and `replace`.
+@dataclass(slots=True, init=False)
 class AccessRecord:
     """Everything section 8 asks of one client connection. `None` becomes JSON null."""
 
     start: float  # wall-clock time the connection was accepted
     client_addr: str
     client_port: int
-    client: str | None = None
-    user: str | None = None
-    target: str | None = None
-    outcome: str | None = None
-    status: int | None = None
-    upstream: str | None = None
-    server_addr: str | None = None
-    bytes_client_to_server: int = 0
-    bytes_server_to_client: int = 0
-    duration_s: float | None = None
-    connect_s: float | None = None
-    error: str | None = None
-    would_deny: bool | None = None  # only set in report mode
-    listener: str | None = None
+    client: str | None
+    user: str | None
+    target: str | None
+    outcome: str | None
+    status: int | None
+    upstream: str | None
+    server_addr: str | None
+    bytes_client_to_server: int
+    bytes_server_to_client: int
+    duration_s: float | None
+    connect_s: float | None
+    error: str | None
+    would_deny: bool | None  # only set in report mode
+    listener: str | None
+
+    def __init__(
+        self,
+        start: float,
+        client_addr: str,
+        client_port: int,
+        client: str | None = None,
+        user: str | None = None,
+        target: str | None = None,
+        outcome: str | None = None,
+        status: int | None = None,
+        upstream: str | None = None,
+        server_addr: str | None = None,
+        bytes_client_to_server: int = 0,
+        bytes_server_to_client: int = 0,
+        duration_s: float | None = None,
+        connect_s: float | None = None,
+        error: str | None = None,
+        would_deny: bool | None = None,
+        listener: str | None = None,
+    ) -> None:
+        self.start = start
+        self.client_addr = client_addr
+        self.client_port = client_port
+        self.client = client
+        self.user = user
+        self.target = target
+        self.outcome = outcome
+        self.status = status
+        self.upstream = upstream
+        self.server_addr = server_addr
+        self.bytes_client_to_server = bytes_client_to_server
+        self.bytes_server_to_client = bytes_server_to_client
+        self.duration_s = duration_s
+        self.connect_s = connect_s
+        self.error = error
+        self.would_deny = would_deny
+        self.listener = listener
 
 
 class _Timestamps:
