@@ -94,11 +94,6 @@ class _Listening:
     sock: socket.socket
     tls_context: ssl.SSLContext | None = None
     paused: bool = False
-    # Written into every access record: `Listener.address` formats a new string on each call.
-    address: str = field(init=False, default="")
-
-    def __post_init__(self) -> None:
-        self.address = self.listener.address
 
 
 def listener_tls_context(listener: Listener) -> ssl.SSLContext | None:
@@ -331,7 +326,7 @@ class Server:
         listener = entry.listener
         began = time.perf_counter()  # the loop's clock ticks in whole milliseconds
         rec = AccessRecord(
-            start=time.time(), client_addr=peer[0], client_port=peer[1], listener=entry.address
+            start=time.time(), client_addr=peer[0], client_port=peer[1], listener=listener.address
         )
         source_addr = parse_address(peer[0])
         source_port = peer[1]
