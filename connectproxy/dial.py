@@ -133,14 +133,17 @@ async def open_tcp(addrs: list[IPAddress], port: int) -> tuple[socket.socket, IP
                 return winner
         raise _connect_error(addrs, port, errors)
     finally:
+        # Cancelled, not awaited: no await in a `finally` (or `except`), as in sockio.py.
         for task in pending:
             task.cancel()
-        for task in pending:
-            try:
-                late = await task
-            except BaseException:
-                continue
-            late.close()  # finished just before the cancel reached it
+            task.add_done_callback(_close_late)
+
+
+def _close_late(attempt: asyncio.Task[socket.socket]) -> None:
+    """An attempt that connected just before its cancel reached it: nobody wants its socket.
+    (A cancelled attempt closes its own socket; `exception()` marks a failure as seen.)"""
+    if not attempt.cancelled() and attempt.exception() is None:
+        attempt.result().close()
 
 
 def _pick(

@@ -4,6 +4,12 @@ The event loop's `sock_recv`/`sock_sendall` refuse `ssl.SSLSocket`, and the hand
 TLS listener or an `https://` upstream needs exactly those on one. These helpers wait for readiness
 with `add_reader`/`add_writer` and retry, which is also all the tunnel needs later: the socket stays
 a plain object the tunnel can drive with its own callbacks.
+
+No coroutine here waits inside an `except` block: each handler only notes what to wait for, and
+the wait comes after it. Compiled by mypyc, a coroutine suspended in a handler leaves its exception
+as the one "being handled" for everything else the loop runs until it resumes. Under load that
+made every exception raised anywhere in the proxy (even the TypeError that `bytes in bytes` makes
+and clears internally) chain itself onto it and walk a chain over a hundred long first.
 """
 
 from __future__ import annotations
@@ -49,16 +55,16 @@ async def recv(sock: socket.socket, size: int) -> bytes:
         try:
             data = sock.recv(size)
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
-            await _wait(sock, writable=False)
-            continue
+            writable = False
         except ssl.SSLWantWriteError:
-            await _wait(sock, writable=True)
-            continue
+            writable = True
         except ssl.SSLZeroReturnError:
             return b""
-        if isinstance(sock, ssl.SSLSocket) and (left := sock.pending()):
-            data += sock.recv(left)
-        return data
+        else:
+            if isinstance(sock, ssl.SSLSocket) and (left := sock.pending()):
+                data += sock.recv(left)
+            return data
+        await _wait(sock, writable)
 
 
 async def send_all(sock: socket.socket, data: bytes) -> None:
@@ -67,12 +73,13 @@ async def send_all(sock: socket.socket, data: bytes) -> None:
         try:
             sent = sock.send(view)
         except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
-            await _wait(sock, writable=True)
-            continue
+            writable = True
         except ssl.SSLWantReadError:
-            await _wait(sock, writable=False)
+            writable = False
+        else:
+            view = view[sent:]
             continue
-        view = view[sent:]
+        await _wait(sock, writable)
 
 
 async def handshake(sock: ssl.SSLSocket) -> None:
@@ -81,9 +88,10 @@ async def handshake(sock: ssl.SSLSocket) -> None:
             sock.do_handshake()
             return
         except ssl.SSLWantReadError:
-            await _wait(sock, writable=False)
+            writable = False
         except ssl.SSLWantWriteError:
-            await _wait(sock, writable=True)
+            writable = True
+        await _wait(sock, writable)
 
 
 def peer_names(sock: ssl.SSLSocket) -> tuple[str, ...]:
