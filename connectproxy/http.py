@@ -171,7 +171,7 @@ def take_request(buf: bytes, max_bytes: int) -> tuple[Request, bytes] | None:
         return None
     end += len(_HEAD_END)
     head = buf[:end]
-    if len(head) <= _REMEMBERED_HEAD_MAX and b"proxy-authorization" not in head.lower():
+    if len(head) <= _REMEMBERED_HEAD_MAX and head.lower().find(b"proxy-authorization") < 0:
         return _parse_remembered_head(head), buf[end:]
     return parse_head(head), buf[end:]
 
