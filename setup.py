@@ -25,6 +25,7 @@ COMPILED = [
     "connectproxy/http.py",
     "connectproxy/logs.py",
     "connectproxy/metrics.py",
+    "connectproxy/netset.py",
     "connectproxy/policy.py",
     "connectproxy/server.py",
     "connectproxy/sockio.py",

@@ -12,6 +12,7 @@ import ipaddress
 from collections.abc import Iterable
 
 from connectproxy.config import IPAddress, IPNetwork
+from connectproxy.netset import NetworkSet
 
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _TEREDO = ipaddress.IPv6Network("2001::/32")
@@ -67,14 +68,17 @@ def in_networks(addr: IPAddress, networks: Iterable[IPNetwork]) -> bool:
     return any(net.version == version and addr in net for net in networks)
 
 
-def is_denied(addr: IPAddress, deny: Iterable[IPNetwork]) -> bool:
-    """True if `addr`, or an IPv4 address embedded in it, lies in a denied network."""
-    deny = tuple(deny)
+def is_denied(addr: IPAddress, deny: NetworkSet | Iterable[IPNetwork]) -> bool:
+    """True if `addr`, or an IPv4 address embedded in it, lies in a denied network.
+
+    The connection path passes a ready NetworkSet (`Destinations.deny_set`); any other iterable
+    of networks is made into one first."""
+    denied = deny if isinstance(deny, NetworkSet) else NetworkSet(deny)
     addr = normalise(addr)
-    if in_networks(addr, deny):
+    if addr in denied:
         return True
     if isinstance(addr, ipaddress.IPv6Address):
         inner = embedded_ipv4(addr)
-        if inner is not None and in_networks(inner, deny):
+        if inner is not None and inner in denied:
             return True
     return False

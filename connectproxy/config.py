@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from connectproxy.netset import NetworkSet
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -155,6 +157,12 @@ class Destinations:
     # name (normalised) -> addresses, consulted before DNS. A tuple of pairs keeps it hashable
     # and immutable; `lookup_host` gives dict-like access.
     hosts: tuple[tuple[str, tuple[IPAddress, ...]], ...] = ()
+
+    @functools.cached_property
+    def deny_set(self) -> NetworkSet:
+        """`deny_networks` as the NetworkSet every resolved address is checked against: built
+        once per config, on first use."""
+        return NetworkSet(self.deny_networks)
 
     def lookup_host(self, name: str) -> tuple[IPAddress, ...] | None:
         for key, addrs in self.hosts:

@@ -154,7 +154,7 @@ def usable_addresses(addrs: list[IPAddress], config: Config) -> list[IPAddress]:
 
     The tunnel connects to exactly what this returns, so a DNS answer cannot change between the
     check and the connect."""
-    deny = config.destinations.deny_networks
+    deny = config.destinations.deny_set
     kept = [addr for addr in addrs if not is_denied(addr, deny)]
     # Duplicates dropped in order; a single address skips it (ipaddress hashes in Python).
     return kept if len(kept) < 2 else list(dict.fromkeys(kept))

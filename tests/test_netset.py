@@ -1,0 +1,55 @@
+"""`NetworkSet`: the integer-range membership the destination deny check runs on. It must agree
+with the ipaddress module's own `address in network` for every address and network."""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connectproxy.config import DEFAULT_DENY_NETWORKS, Config, Destinations
+from connectproxy.netset import Address, Network, NetworkSet
+
+
+@st.composite
+def networks(draw: st.DrawFn) -> Network:
+    if draw(st.booleans()):
+        return IPv4Network((draw(st.ip_addresses(v=4)), draw(st.integers(0, 32))), strict=False)
+    return IPv6Network((draw(st.ip_addresses(v=6)), draw(st.integers(0, 128))), strict=False)
+
+
+@given(st.lists(networks(), max_size=6), st.ip_addresses())
+@settings(max_examples=500)
+def test_agrees_with_ipaddress(nets: list[Network], addr: Address) -> None:
+    expected = any(addr.version == net.version and addr in net for net in nets)
+    assert (addr in NetworkSet(nets)) is expected
+
+
+@given(st.ip_addresses())
+@settings(max_examples=300)
+def test_agrees_with_ipaddress_on_the_default_deny_list(addr: Address) -> None:
+    expected = any(addr.version == net.version and addr in net for net in DEFAULT_DENY_NETWORKS)
+    assert (addr in NetworkSet(DEFAULT_DENY_NETWORKS)) is expected
+
+
+def test_edges_and_families() -> None:
+    nets = NetworkSet([ip_network("10.0.0.0/8"), ip_network("::/128")])
+    assert ip_address("10.0.0.0") in nets
+    assert ip_address("10.255.255.255") in nets
+    assert ip_address("9.255.255.255") not in nets
+    assert ip_address("11.0.0.0") not in nets
+    assert ip_address("::") in nets
+    # 0.0.0.0 and :: are both the integer 0: only the family decides.
+    assert ip_address("0.0.0.0") not in nets
+    assert ip_address("::a00:1") not in nets  # 10.0.0.1's integer, as IPv6
+    assert not NetworkSet([])
+    assert nets
+
+
+def test_the_config_builds_its_deny_set_once() -> None:
+    destinations = Config().destinations
+    assert destinations.deny_set is destinations.deny_set
+    assert ip_address("169.254.169.254") in destinations.deny_set
+    assert ip_address("20.1.2.3") not in destinations.deny_set
+    assert ip_address("127.0.0.1") not in Destinations(deny_networks=()).deny_set
