@@ -44,7 +44,7 @@ def address_text(addr: IPAddress) -> str:
 def endpoint_text(addr: IPAddress, port: int) -> str:
     """ "host:port" or "[v6]:port", as logs show a connected peer."""
     host = address_text(addr)
-    return f"[{host}]:{port}" if addr.version == 6 else f"{host}:{port}"
+    return f"{host}:{port}" if isinstance(addr, ipaddress.IPv4Address) else f"[{host}]:{port}"
 
 
 def embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:

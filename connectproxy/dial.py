@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import os
 import socket
 
@@ -63,7 +64,7 @@ _NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)  # Linux and the BSDs; elsewhere
 async def _connect_one(addr: IPAddress, port: int) -> socket.socket:
     """A non-blocking connect driven by hand: the loop's `sock_connect` first re-resolves the
     address in a coroutine of its own, which costs a third of a loopback connect."""
-    family = socket.AF_INET if addr.version == 4 else socket.AF_INET6
+    family = socket.AF_INET if isinstance(addr, ipaddress.IPv4Address) else socket.AF_INET6
     # Non-blocking from birth: one system call fewer than socket() and then setblocking().
     sock = socket.socket(family, socket.SOCK_STREAM | _NONBLOCK)
     try:

@@ -78,14 +78,17 @@ class Policy:
     upstreams: Upstreams | None = None
 
 
-@dataclass(eq=False)
 class _Active:
-    """A running tunnel and how much of its byte counts has reached the metrics."""
+    """A running tunnel and how much of its byte counts has reached the metrics.
 
-    tunnel: Tunnel
-    series: ClientSeries
-    flushed_up: int = 0
-    flushed_down: int = 0
+    A plain class, one per tunnel: compiled (setup.py), a dataclass's generated __init__ would
+    run interpreted."""
+
+    def __init__(self, tunnel: Tunnel, series: ClientSeries) -> None:
+        self.tunnel = tunnel
+        self.series = series
+        self.flushed_up = 0
+        self.flushed_down = 0
 
 
 @dataclass(eq=False)
@@ -335,6 +338,7 @@ class Server:
         server_sock: socket.socket | None = None
         stage = "proxy header" if listener.proxy_protocol != "off" else "request"
         handed_over = False
+        task = self._task()  # for the deadlines; looked up once (interpreted in Python 3.11)
 
         def ended() -> None:
             """The connection's last step, once its sockets are closed, by whichever path."""
@@ -351,7 +355,7 @@ class Server:
 
         try:
             try:
-                with self.deadlines.limit(self._task(), config.timeouts.handshake):
+                with self.deadlines.limit(task, config.timeouts.handshake):
                     if listener.proxy_protocol != "off":
                         source_addr, source_port = await self._read_proxy_header(
                             sock, listener, source_addr, source_port
@@ -395,7 +399,7 @@ class Server:
                 rec.would_deny = False
 
             connect_began = time.perf_counter()
-            server_sock, early_reply = await self._open(decision, target, policy, rec)
+            server_sock, early_reply = await self._open(task, decision, target, policy, rec)
             await _send_established(sock)
             if early_reply:
                 await send_all(sock, early_reply)
@@ -503,10 +507,16 @@ class Server:
         return Credentials(user, valid=await policy.auth.verify(user, password))
 
     async def _open(
-        self, decision: Decision, target: Target, policy: Policy, rec: AccessRecord
+        self,
+        task: asyncio.Task[Any],
+        decision: Decision,
+        target: Target,
+        policy: Policy,
+        rec: AccessRecord,
     ) -> tuple[socket.socket, bytes]:
         """Open the server side: directly, or through an upstream proxy. Returns the socket and
-        any bytes the upstream already sent past its 200 (they belong to the tunnel)."""
+        any bytes the upstream already sent past its 200 (they belong to the tunnel). `task`,
+        the connection's, is what the connect timeout cancels."""
         config = policy.config
         if decision.route == "upstream" and policy.upstreams is not None:
             sock, rest, proxy = await policy.upstreams.open(
@@ -517,7 +527,7 @@ class Server:
             return sock, rest
         stage = "resolve"
         try:
-            with self.deadlines.limit(self._task(), config.timeouts.connect):
+            with self.deadlines.limit(task, config.timeouts.connect):
                 addrs = await resolve(target, config)
                 usable = usable_addresses(addrs, config)
                 if not usable:
