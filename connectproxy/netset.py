@@ -2,7 +2,7 @@
 
 Every resolved destination address is checked against `destinations.deny_networks` (14 networks
 by default). `address in network` from the ipaddress module runs in Python: its `__contains__`
-and `version` property cost 1.9 µs for one IPv4 address against the default list, about 2% of a
+and `version` property cost 1.5 µs for one IPv4 address against the default list, about 2% of a
 tunnel's set-up per address. Here each network is its first and last address as integers, and
 the check is a loop of comparisons in compiled code (setup.py).
 """
@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+if TYPE_CHECKING:  # config.py builds its deny set from this module
+    from connectproxy.config import IPAddress, IPNetwork
 
 
 class NetworkSet:
@@ -21,7 +22,7 @@ class NetworkSet:
 
     __slots__ = ("_v4", "_v6")
 
-    def __init__(self, networks: Iterable[Network]) -> None:
+    def __init__(self, networks: Iterable[IPNetwork]) -> None:
         v4: list[tuple[int, int]] = []
         v6: list[tuple[int, int]] = []
         for net in networks:
@@ -33,10 +34,7 @@ class NetworkSet:
         self._v4 = tuple(v4)
         self._v6 = tuple(v6)
 
-    def __contains__(self, addr: Address) -> bool:
+    def __contains__(self, addr: IPAddress) -> bool:
         value = int(addr)
         ranges = self._v4 if isinstance(addr, ipaddress.IPv4Address) else self._v6
         return any(first <= value <= last for first, last in ranges)
-
-    def __bool__(self) -> bool:
-        return bool(self._v4 or self._v6)

@@ -8,12 +8,12 @@ from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectproxy.config import DEFAULT_DENY_NETWORKS, Config, Destinations
-from connectproxy.netset import Address, Network, NetworkSet
+from connectproxy.config import DEFAULT_DENY_NETWORKS, Config, Destinations, IPAddress, IPNetwork
+from connectproxy.netset import NetworkSet
 
 
 @st.composite
-def networks(draw: st.DrawFn) -> Network:
+def networks(draw: st.DrawFn) -> IPNetwork:
     if draw(st.booleans()):
         return IPv4Network((draw(st.ip_addresses(v=4)), draw(st.integers(0, 32))), strict=False)
     return IPv6Network((draw(st.ip_addresses(v=6)), draw(st.integers(0, 128))), strict=False)
@@ -21,14 +21,14 @@ def networks(draw: st.DrawFn) -> Network:
 
 @given(st.lists(networks(), max_size=6), st.ip_addresses())
 @settings(max_examples=500)
-def test_agrees_with_ipaddress(nets: list[Network], addr: Address) -> None:
+def test_agrees_with_ipaddress(nets: list[IPNetwork], addr: IPAddress) -> None:
     expected = any(addr.version == net.version and addr in net for net in nets)
     assert (addr in NetworkSet(nets)) is expected
 
 
 @given(st.ip_addresses())
 @settings(max_examples=300)
-def test_agrees_with_ipaddress_on_the_default_deny_list(addr: Address) -> None:
+def test_agrees_with_ipaddress_on_the_default_deny_list(addr: IPAddress) -> None:
     expected = any(addr.version == net.version and addr in net for net in DEFAULT_DENY_NETWORKS)
     assert (addr in NetworkSet(DEFAULT_DENY_NETWORKS)) is expected
 
@@ -43,8 +43,6 @@ def test_edges_and_families() -> None:
     # 0.0.0.0 and :: are both the integer 0: only the family decides.
     assert ip_address("0.0.0.0") not in nets
     assert ip_address("::a00:1") not in nets  # 10.0.0.1's integer, as IPv6
-    assert not NetworkSet([])
-    assert nets
 
 
 def test_the_config_builds_its_deny_set_once() -> None:
