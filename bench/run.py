@@ -94,6 +94,7 @@ class Settings:
     out: Path | None
     keep_rundir: bool
     quick: bool
+    congestion_control: str | None  # the system's algorithm for the run; None: leave it
 
 
 def parse_size(text: str) -> int:
@@ -184,6 +185,14 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         action="store_true",
         help="a tiny smoke run (seconds): 1 round, short phases, small transfers",
     )
+    p.add_argument(
+        "--congestion-control",
+        default=None,
+        metavar="NAME",
+        help="run under this TCP congestion control (net.ipv4.tcp_congestion_control, for every "
+        "proxy, the load generator and the origin alike; restored afterwards; needs root). "
+        "Default: the machine's own, recorded in the results",
+    )
     a = p.parse_args(argv)
 
     if a.proxies is None and a.scenario == INSTRUCTIONS:
@@ -221,6 +230,15 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
             p.error("--scenario syscalls needs strace (apt-get install -y strace)")
         if "direct" in names:
             p.error("--scenario syscalls measures proxies; drop direct")
+    if a.congestion_control is not None:
+        available = read_sysctl(CC_AVAILABLE).split()
+        if a.congestion_control not in available:
+            p.error(
+                f"--congestion-control: {a.congestion_control!r} is not one of this kernel's "
+                f"({', '.join(available)})"
+            )
+        if not os.access(CC_SYSCTL, os.W_OK):
+            p.error(f"--congestion-control sets {CC_SYSCTL}, which needs root")
     cpus = sorted(os.sched_getaffinity(0))
     if a.unpinned:
         if a.proxy_cpu is not None or a.client_cpu is not None:
@@ -255,10 +273,40 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         out=a.out,
         keep_rundir=a.keep_rundir,
         quick=a.quick,
+        congestion_control=a.congestion_control,
     )
 
 
 # ------------------------------------------------------------------------------------ /proc
+
+# Loopback throughput depends on the congestion control more than on either proxy: on the
+# build machine, under BBR every sender is paced to about 2 GB/s a flow, and under CUBIC (the
+# kernel's default) the same proxies move several times more. So a run records which one it had,
+# and `--congestion-control` runs under a chosen one (bench/README.md).
+CC_SYSCTL = Path("/proc/sys/net/ipv4/tcp_congestion_control")
+CC_AVAILABLE = Path("/proc/sys/net/ipv4/tcp_available_congestion_control")
+
+
+def read_sysctl(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+@contextlib.contextmanager
+def congestion_control(name: str | None) -> Iterator[None]:
+    """The system's TCP congestion control is `name` inside the block (new sockets take it
+    when they are created), and what it was again after it, however the block ends."""
+    if name is None:
+        yield
+        return
+    before = CC_SYSCTL.read_text().strip()
+    CC_SYSCTL.write_text(name)
+    try:
+        yield
+    finally:
+        CC_SYSCTL.write_text(before)
 
 
 class ProcStat(NamedTuple):
@@ -1234,6 +1282,8 @@ def environment(s: Settings) -> JsonDict:
         "gcc": cmd(["gcc", "--version"]),
         "nofile_hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
         "somaxconn": Path("/proc/sys/net/core/somaxconn").read_text().strip(),
+        "tcp_congestion_control": read_sysctl(CC_SYSCTL),
+        "default_qdisc": read_sysctl(Path("/proc/sys/net/core/default_qdisc")),
         "tcp_tw_reuse": Path("/proc/sys/net/ipv4/tcp_tw_reuse").read_text().strip(),
         "git_commit": cmd(["git", "-C", str(REPO_DIR), "rev-parse", "HEAD"]),
         "git_dirty": bool(
@@ -1310,6 +1360,12 @@ def terminate_on_signals() -> Iterator[None]:
 
 
 def run(s: Settings) -> tuple[JsonDict, int]:
+    with congestion_control(s.congestion_control):
+        return run_with(s, environment(s))
+
+
+def run_with(s: Settings, env: JsonDict) -> tuple[JsonDict, int]:
+    """The run itself; `env` is the machine as it was at the start (environment())."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by every child
     if s.client_cpu is not None:
@@ -1327,7 +1383,8 @@ def run(s: Settings) -> tuple[JsonDict, int]:
     eta = estimate_seconds(s, bench.idle_tunnels)
     print(
         f"proxies {', '.join(s.proxies)}; scenarios {', '.join(s.scenarios)}; {s.rounds} "
-        f"round(s); about {eta / 60:.1f} min; run folder {rundir}",
+        f"round(s); TCP congestion control {env['tcp_congestion_control']}; about "
+        f"{eta / 60:.1f} min; run folder {rundir}",
         flush=True,
     )
     rounds: list[JsonDict] = []
@@ -1372,7 +1429,7 @@ def run(s: Settings) -> tuple[JsonDict, int]:
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(s).items()},
-        "environment": environment(s),
+        "environment": env,
         "error": error,
         "failures": failures,
         "summary": summary,
@@ -1445,6 +1502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=1) + "\n")
     print()
     print(result["table_markdown"])
+    print(f"TCP congestion control: {result['environment']['tcp_congestion_control']}")
     for note in result["warnings"]:
         print(f"note: {note}")
     for proxy, count in result["failures"].items():

@@ -202,3 +202,41 @@ def test_system_calls_per_tunnel_under_strace(tmp_path: Path) -> None:
     assert all("connect" in c for c in calls)
     assert "syscalls: system calls/tunnel" in result["table_markdown"]
     assert processes_mentioning(result["rundir"]) == []
+
+
+def test_a_run_under_another_congestion_control_puts_the_machines_back(tmp_path: Path) -> None:
+    """`--congestion-control`: on loopback the congestion control decides throughput more than
+    either proxy does (bench/README.md), so a run records which one it had, can run under a
+    chosen one, and leaves the machine's own in place afterwards, also when it fails."""
+    sysctl = Path("/proc/sys/net/ipv4/tcp_congestion_control")
+    before = sysctl.read_text().strip()
+    available = Path("/proc/sys/net/ipv4/tcp_available_congestion_control").read_text().split()
+    other = next(name for name in ("reno", "cubic", *available) if name != before)
+    args = ("--scenario", "throughput", "--proxies", "connectproxy", "--bytes", "64M")
+    if not os.access(sysctl, os.W_OK):
+        refused = subprocess.run(
+            [sys.executable, str(REPO / "bench" / "run.py"), *args, "--congestion-control", other],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert refused.returncode == 2 and "needs root" in refused.stderr
+        return
+    result = run_quick_bench(tmp_path / "cc.json", *args, "--congestion-control", other)
+    assert sysctl.read_text().strip() == before
+    assert result["environment"]["tcp_congestion_control"] == other
+    assert result["settings"]["congestion_control"] == other
+    assert f"TCP congestion control {other};" in result["_stdout"]
+    assert result["summary"]["connectproxy"]["up1.gb_per_s"]["median"] > 0
+    assert result["failures"] == {"connectproxy": 0}
+
+    unknown = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), *args, "--congestion-control", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert unknown.returncode == 2 and "is not one of this kernel's" in unknown.stderr
+    assert sysctl.read_text().strip() == before
