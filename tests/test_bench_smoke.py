@@ -204,26 +204,30 @@ def test_system_calls_per_tunnel_under_strace(tmp_path: Path) -> None:
     assert processes_mentioning(result["rundir"]) == []
 
 
-def test_a_run_under_another_congestion_control_puts_the_machines_back(tmp_path: Path) -> None:
+def test_a_run_under_another_congestion_control_restores_the_systems_own(tmp_path: Path) -> None:
     """`--congestion-control`: on loopback the congestion control decides throughput more than
     either proxy does (bench/README.md), so a run records which one it had, can run under a
-    chosen one, and leaves the machine's own in place afterwards, also when it fails."""
+    chosen one, and leaves the system's own in place afterwards, also when the run fails."""
     sysctl = Path("/proc/sys/net/ipv4/tcp_congestion_control")
     before = sysctl.read_text().strip()
     available = Path("/proc/sys/net/ipv4/tcp_available_congestion_control").read_text().split()
     other = next(name for name in ("reno", "cubic", *available) if name != before)
-    args = ("--scenario", "throughput", "--proxies", "connectproxy", "--bytes", "64M")
-    if not os.access(sysctl, os.W_OK):
-        refused = subprocess.run(
-            [sys.executable, str(REPO / "bench" / "run.py"), *args, "--congestion-control", other],
+    args = ("--quick", "--scenario", "throughput", "--proxies", "connectproxy", "--bytes", "64M")
+
+    def bench(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(REPO / "bench" / "run.py"), *args, *extra],
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=120,
             check=False,
         )
+
+    if not os.access(sysctl, os.W_OK):
+        refused = bench("--congestion-control", other)
         assert refused.returncode == 2 and "needs root" in refused.stderr
         return
-    result = run_quick_bench(tmp_path / "cc.json", *args, "--congestion-control", other)
+    result = run_quick_bench(tmp_path / "cc.json", *args[1:], "--congestion-control", other)
     assert sysctl.read_text().strip() == before
     assert result["environment"]["tcp_congestion_control"] == other
     assert result["settings"]["congestion_control"] == other
@@ -231,12 +235,13 @@ def test_a_run_under_another_congestion_control_puts_the_machines_back(tmp_path:
     assert result["summary"]["connectproxy"]["up1.gb_per_s"]["median"] > 0
     assert result["failures"] == {"connectproxy": 0}
 
-    unknown = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "run.py"), *args, "--congestion-control", "nope"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    # A proxy that cannot start fails the run after the switch: the system's own comes back.
+    failed = bench(
+        "--congestion-control", other, "--connectproxy", "/bin/false", "--out", str(tmp_path / "f")
     )
+    assert failed.returncode == 1 and "exited with status 1 at start-up" in failed.stderr
+    assert sysctl.read_text().strip() == before
+
+    unknown = bench("--congestion-control", "nope")
     assert unknown.returncode == 2 and "is not one of this kernel's" in unknown.stderr
     assert sysctl.read_text().strip() == before
