@@ -54,6 +54,7 @@ from connectproxy.config import (
     User,
 )
 from connectproxy.hostnames import normalise_hostname, parse_domain_pattern
+from connectproxy.netset import NetworkSet
 from connectproxy.passwords import Htpasswd, HtpasswdError, check_hash_format
 
 __all__ = [
@@ -926,6 +927,7 @@ class _Validator:
         self, value: Any, where: _Where, deny: tuple[IPNetwork, ...]
     ) -> tuple[tuple[str, tuple[IPAddress, ...]], ...]:
         result: dict[str, tuple[IPAddress, ...]] = {}
+        denied = NetworkSet(deny)  # once, not once per address
         for key, item, key_at in self.entries(value, where):
             at = where.index(f'"{key}"', key_at.line)
             if not isinstance(key, str):
@@ -941,7 +943,7 @@ class _Validator:
                 raise self.error(at, "needs at least one IP address")
             addresses = tuple(self.ip_address(address, a) for address, a in entries)
             for address in addresses:
-                if is_denied(address, deny):
+                if is_denied(address, denied):
                     self.warn(
                         at, f"{address} is in deny_networks, so tunnels to {name} will be refused"
                     )
