@@ -1281,10 +1281,10 @@ def environment(s: Settings) -> JsonDict:
         "python_driver": platform.python_version(),
         "gcc": cmd(["gcc", "--version"]),
         "nofile_hard": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
-        "somaxconn": Path("/proc/sys/net/core/somaxconn").read_text().strip(),
+        "somaxconn": read_sysctl(Path("/proc/sys/net/core/somaxconn")),
         "tcp_congestion_control": read_sysctl(CC_SYSCTL),
         "default_qdisc": read_sysctl(Path("/proc/sys/net/core/default_qdisc")),
-        "tcp_tw_reuse": Path("/proc/sys/net/ipv4/tcp_tw_reuse").read_text().strip(),
+        "tcp_tw_reuse": read_sysctl(Path("/proc/sys/net/ipv4/tcp_tw_reuse")),
         "git_commit": cmd(["git", "-C", str(REPO_DIR), "rev-parse", "HEAD"]),
         "git_dirty": bool(
             subprocess.run(
