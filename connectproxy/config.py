@@ -89,6 +89,12 @@ class Client:
     networks: tuple[IPNetwork, ...] = ()
     tls_names: tuple[str, ...] = ()
 
+    @functools.cached_property
+    def network_set(self) -> NetworkSet:
+        """`networks` as a NetworkSet: every connection's source is checked against it, and
+        `address in network` runs in Python (see netset.py). Built once, on first use."""
+        return NetworkSet(self.networks)
+
 
 @dataclass(frozen=True)
 class User:

@@ -91,7 +91,7 @@ def admit(source: Source, credentials: Credentials | None, config: Config) -> De
 
     addr = normalise(source.addr)
     for client in config.clients:
-        if client.networks and in_networks(addr, client.networks):
+        if client.networks and addr in client.network_set:
             return Decision(
                 True, 200, "established", "admitted by source address", client=client.name
             )
