@@ -204,6 +204,13 @@ class Metrics:
         self._connect_times = HistogramTally(self.connect_seconds, CONNECT_BUCKETS)
         self._tunnel_times = HistogramTally(self.tunnel_seconds, TUNNEL_BUCKETS)
         self._flush_scheduled = False
+        # The loop that serves the connections, when made inside it (the running proxy): asking
+        # asyncio for the running loop on every change costs a getpid() system call (CPython
+        # checks it was not forked), twice per tunnel.
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None
 
     def count(self, outcome: str) -> None:
         """One client connection ended with `outcome`."""
@@ -244,11 +251,13 @@ class Metrics:
     def _changed(self) -> None:
         if self._flush_scheduled:
             return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop (a test, a shutdown path): nothing to batch with
-            self.flush()
-            return
+        loop = self._loop
+        if loop is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a test, a shutdown path): nothing to batch with
+                self.flush()
+                return
         self._flush_scheduled = True
         loop.call_soon(self.flush)
 
