@@ -28,9 +28,6 @@ from connectproxy.busypoll import BusyPoll
 
 CHUNK = 1 << 16  # copy mode: bytes per read into the shared buffer
 PIPE_SIZE = 1 << 20  # splice mode: bytes per read into a pipe (Linux's default pipe-max-size)
-# Bulk directions keep at most this much not yet sent in the destination socket (below).
-NOTSENT_LOWAT = 512 * 1024
-_TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux's number; 3.11 lacks it
 _SPLICE = getattr(os, "splice", None)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
@@ -239,20 +236,8 @@ class Tunnel:
             self.close()
 
     def to_splice(self, flow: _CopyFlow) -> None:
-        """Move one direction from copying to splice(2), keeping its byte count.
-
-        Its destination also gets TCP_NOTSENT_LOWAT: the socket then takes more bytes only
-        while less than NOTSENT_LOWAT of them wait unsent, instead of filling its whole send
-        buffer (4 MiB by autotuning). With a full buffer, most segments are sent when an
-        acknowledgement opens the congestion window, and the kernel does that work on the CPU
-        that received the acknowledgement: the peer's, here the load generator's. With the
-        unsent part kept small, our own splice sends them. Measured on one tunnel under BBR
-        (which holds the window small on loopback): download 2.4-2.6 GB/s against 1.9-2.0,
-        upload about the same, CUBIC unchanged; 256 KiB moved more bytes per CPU second
-        worse, 1 MiB and more gained less."""
+        """Move one direction from copying to splice(2), keeping its byte count."""
         assert self.pipes is not None
-        with contextlib.suppress(OSError):  # a kernel older than 3.12 lacks the option
-            flow.dst.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
         spliced = _SpliceFlow(self, flow.src, flow.dst, self.pipes)
         spliced.count = flow.count
         if flow is self.upstream:
