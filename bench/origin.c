@@ -38,7 +38,7 @@
 #define MAX_FDS 65536
 #define MAX_EVENTS 512
 #define OUT_CAP 65536           /* pending echo/ack bytes per connection */
-#define IO_CHUNK (256 * 1024)   /* one read or write of bulk data */
+#define IO_CHUNK (1 << 20)      /* one read or write of bulk data: see loadgen.c */
 #define ACK_EVERY (1u << 20)
 
 enum mode { MODE_NEW, MODE_HEADER, MODE_ECHO, MODE_SINK, MODE_SOURCE, MODE_DRAIN };
