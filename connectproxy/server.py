@@ -97,9 +97,10 @@ class _Listening:
     sock: socket.socket
     tls_context: ssl.SSLContext | None = None
     paused: bool = False
+    family: int = field(init=False)  # the socket's address family, read once for `_accept_socket`
 
     def __post_init__(self) -> None:
-        self.family = int(self.sock.family)  # read once, for `_accept_socket`
+        self.family = int(self.sock.family)
 
 
 def listener_tls_context(listener: Listener) -> ssl.SSLContext | None:
