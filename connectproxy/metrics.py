@@ -71,7 +71,9 @@ class HistogramTally:
     the values `observe` itself increments: the histogram's `_sum` and its `_buckets`, one value
     per bucket, not cumulative (the exposition accumulates them). Those two attributes are
     prometheus-client's internals; tests/test_metrics.py checks that a tally gives exactly the
-    samples that observing each value would, so a change of them fails a test, not a scrape."""
+    samples that observing each value would, so a change of them fails a test, not a scrape. A
+    prometheus-client whose histogram lacks them (a newer one, installed by hand) still gets
+    every value, through `observe`, one at a time."""
 
     def __init__(self, histogram: Histogram, buckets: Sequence[float]) -> None:
         self.histogram = histogram
@@ -80,8 +82,18 @@ class HistogramTally:
         self.counts = [0] * len(self.bounds)
         self.total = 0.0
         self.pending = False
+        total, per_bucket = getattr(histogram, "_sum", None), getattr(histogram, "_buckets", None)
+        self.direct = not (
+            hasattr(total, "inc")
+            and isinstance(per_bucket, list)
+            and len(per_bucket) == len(self.bounds)
+            and all(hasattr(b, "inc") for b in per_bucket)
+        )
 
     def observe(self, value: float) -> None:
+        if self.direct:
+            self.histogram.observe(value)
+            return
         bounds = self.bounds
         i = 0
         while value > bounds[i]:

@@ -15,7 +15,7 @@ import socketserver
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
@@ -417,6 +417,28 @@ def test_a_tally_gives_exactly_what_observing_each_value_gives() -> None:
     count = tallied_registry.get_sample_value("t_seconds_count")
     assert count == len(values) * 3 - 3
     assert tallied_registry.get_sample_value("t_seconds_bucket", {"le": "+Inf"}) == count
+
+
+def test_a_histogram_without_the_expected_internals_is_observed_value_by_value() -> None:
+    """Another prometheus-client may keep a histogram's values differently: then the tally
+    must not write anywhere, only pass each value to `observe` at once."""
+
+    class OtherHistogram:
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def observe(self, value: float) -> None:
+            self.seen.append(value)
+
+    other = OtherHistogram()
+    tally = HistogramTally(cast(Histogram, other), CONNECT_BUCKETS)
+    assert tally.direct
+    tally.observe(0.002)
+    tally.observe(40.0)
+    tally.apply()
+    assert other.seen == [0.002, 40.0]
+    real = Histogram("r_seconds", "r", buckets=CONNECT_BUCKETS, registry=CollectorRegistry())
+    assert not HistogramTally(real, CONNECT_BUCKETS).direct
 
 
 async def test_histograms_are_applied_once_per_loop_iteration() -> None:
