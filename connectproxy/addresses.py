@@ -62,10 +62,10 @@ def embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     return None
 
 
-def in_networks(addr: IPAddress, networks: Iterable[IPNetwork]) -> bool:
-    """Membership that ignores networks of the other family instead of raising."""
-    version = addr.version
-    return any(net.version == version and addr in net for net in networks)
+def in_networks(addr: IPAddress, networks: NetworkSet | Iterable[IPNetwork]) -> bool:
+    """Membership that ignores networks of the other family instead of raising. The connection
+    path passes a config object's ready `network_set`; any other iterable is made into one."""
+    return addr in (networks if isinstance(networks, NetworkSet) else NetworkSet(networks))
 
 
 def is_denied(addr: IPAddress, deny: NetworkSet | Iterable[IPNetwork]) -> bool:

@@ -80,6 +80,10 @@ class Allow:
     networks: tuple[IPNetwork, ...] = ()
     mode: AllowMode = "enforce"
 
+    @functools.cached_property
+    def network_set(self) -> NetworkSet:
+        return NetworkSet(self.networks)
+
 
 @dataclass(frozen=True)
 class Client:
@@ -92,7 +96,8 @@ class Client:
     @functools.cached_property
     def network_set(self) -> NetworkSet:
         """`networks` as a NetworkSet: every connection's source is checked against it, and
-        `address in network` runs in Python (see netset.py). Built once, on first use."""
+        `address in network` runs in Python (see netset.py). Built once, on first use; `User`
+        and `Allow` keep theirs the same way."""
         return NetworkSet(self.networks)
 
 
@@ -103,6 +108,10 @@ class User:
     name: str
     password_hash: str = field(repr=False)
     networks: tuple[IPNetwork, ...] = ()
+
+    @functools.cached_property
+    def network_set(self) -> NetworkSet:
+        return NetworkSet(self.networks)
 
 
 @dataclass(frozen=True)

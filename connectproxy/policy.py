@@ -84,14 +84,18 @@ def admit(source: Source, credentials: Credentials | None, config: Config) -> De
         user = credentials.user
         if not credentials.valid:
             return _deny(407, "auth_failed", "invalid proxy credentials", user=user)
-        networks = next((u.networks for u in config.users if u.name == user), ())
-        if networks and not in_networks(normalise(source.addr), networks):
+        found = next((u for u in config.users if u.name == user), None)
+        if (
+            found is not None
+            and found.networks
+            and not in_networks(normalise(source.addr), found.network_set)
+        ):
             return _deny(407, "auth_failed", "user not allowed from this address", user=user)
         return Decision(True, 200, "established", "admitted by credentials", client=user, user=user)
 
     addr = normalise(source.addr)
     for client in config.clients:
-        if client.networks and addr in client.network_set:
+        if client.networks and in_networks(addr, client.network_set):
             return Decision(
                 True, 200, "established", "admitted by source address", client=client.name
             )
@@ -106,7 +110,7 @@ def destination_allowed(target: Target, config: Config) -> tuple[bool, str]:
     """Section 4 step 5 without the report-mode twist: is the target on the allowlist?"""
     allow = config.allow
     if target.ip is not None:
-        if in_networks(normalise(target.ip), allow.networks):
+        if in_networks(normalise(target.ip), allow.network_set):
             return True, "address in allow.networks"
         return False, "IP address not in allow.networks"
     for pattern in allow.domains:
