@@ -42,10 +42,10 @@
 
 #define MAX_EVENTS 1024
 #define HEAD_CAP 2048
-/* Bytes per bulk send() or recv(MSG_TRUNC). With 256 KiB this
- * process and the origin, which share one CPU, were 82-93% busy in a one-tunnel transfer and
- * bounded what a proxy could show (connectproxy: down 2.0-2.2, up 2.5 GB/s; with 1 MiB 2.3-2.6
- * and 2.8-2.9 at the same proxy CPU). */
+/* Bytes per bulk send() or recv(MSG_TRUNC). With 256 KiB this process and the origin, which
+ * share one CPU, were 82-93% busy in a one-tunnel transfer and bounded what a proxy could show
+ * (connectproxy: down 2.0-2.2, up 2.5 GB/s; with 1 MiB 2.3-2.6 and 2.8-2.9 at the same proxy
+ * CPU). */
 #define IO_CHUNK (1 << 20)
 #define MAX_SAMPLES 5000000
 #define PAYLOAD_MAX 4096
