@@ -1,69 +1,69 @@
 # Two commands do all set-up on a fresh machine: `make run` and `make test`.
 PYTHON ?= python3
+# Two builds of one source tree, each installed into a venv of its own (setup.py): the compiled
+# one (mypyc) that users get from `pip install .`, and plain Python (CONNECTPROXY_PURE_PYTHON=1).
+# The tests import the installed package, so they test exactly what is installed, and the source
+# tree never holds build output.
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
-# setup.py compiles the connection path with mypyc, in place: the extension modules sit beside
-# their sources and are imported instead of them. They are rebuilt whenever a source changes, and
-# when CONNECTPROXY_PURE_PYTHON=1 (no compiler needed) switches the build to plain Python.
-BUILD := $(if $(CONNECTPROXY_PURE_PYTHON),pure,compiled)
-BUILT := $(VENV)/.built-$(BUILD)
-SOURCES := $(wildcard connectproxy/*.py) setup.py
+PURE_VENV := .venv-pure
+SOURCES := $(shell find src -name '*.py' -o -name '*.yaml' -o -name py.typed) setup.py pyproject.toml
+EXTRAS := .[test,bcrypt]
 
 .PHONY: run test suite test-pure test-long soak fuzz lint typecheck bench clean
 
-# The install itself stays plain; compiling is $(BUILT)'s job, so it happens once.
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# Reinstalled whenever a source changes; pip keeps the dependencies that are already there.
+# setuptools builds in ./build and packs whatever it finds there, so each install starts clean.
+$(BIN)/.installed: $(SOURCES)
+	rm -rf build
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	CONNECTPROXY_PURE_PYTHON=1 $(BIN)/pip install --quiet -e '.[test,bcrypt]'
-	touch $(STAMP)
+	$(BIN)/pip install --quiet --force-reinstall --no-deps .
+	$(BIN)/pip install --quiet '$(EXTRAS)'
+	touch $@
 
-# The touch says the modules are built from the sources as they are now, also where the build
-# reused an unchanged result (the stale-build guard in tests/conftest.py compares the times).
-$(BUILT): $(STAMP) $(SOURCES)
-	rm -f connectproxy/*.so $(VENV)/.built-*
-	$(BIN)/python setup.py --quiet build_ext --inplace
-	find connectproxy -name "*.so" -exec touch {} +
-	touch $(BUILT)
+$(PURE_VENV)/bin/.installed: $(SOURCES)
+	rm -rf build
+	test -x $(PURE_VENV)/bin/python || $(PYTHON) -m venv $(PURE_VENV)
+	$(PURE_VENV)/bin/pip install --quiet --upgrade pip
+	CONNECTPROXY_PURE_PYTHON=1 $(PURE_VENV)/bin/pip install --quiet --force-reinstall --no-deps .
+	CONNECTPROXY_PURE_PYTHON=1 $(PURE_VENV)/bin/pip install --quiet '$(EXTRAS)'
+	touch $@
 
 ## Serve on the embedded default config (or CONFIG=path/to/file.yaml).
-run: $(BUILT)
+run: $(BIN)/.installed
 	$(BIN)/connectproxy run $(if $(CONFIG),--config $(CONFIG))
 
 ## The test suite (every test but the long soak), plus the lint and type checks.
 test: lint typecheck suite
 
-suite: $(BUILT)
+suite: $(BIN)/.installed
 	$(BIN)/pytest -q -m "not slow"
 
-## The suite once more on the plain-Python build, in a copy of the tree with a venv of its own,
-## so the build for machines without a C compiler stays tested too.
-test-pure:
-	rm -rf build/pure && mkdir -p build/pure
-	tar -c --exclude=./.venv --exclude=./build --exclude=./.git --exclude='*.so' . \
-		| tar -x -C build/pure
-	CONNECTPROXY_PURE_PYTHON=1 $(MAKE) -C build/pure suite
+## The suite once more on the plain-Python build, so the build for machines without a C compiler
+## stays tested too.
+test-pure: $(PURE_VENV)/bin/.installed
+	$(PURE_VENV)/bin/pytest -q -m "not slow"
 
 ## The long runs CI adds: the 5,000-tunnel soak and 60 s of fuzzing per parser.
 test-long: soak fuzz
 
-soak: $(BUILT)
+soak: $(BIN)/.installed
 	$(BIN)/pytest -q -m slow -rP
 
-fuzz: $(BUILT)
-	$(BIN)/pip install --quiet atheris
+fuzz: $(PURE_VENV)/bin/.installed
+	$(PURE_VENV)/bin/pip install --quiet atheris
 	fuzz/run.sh $(or $(FUZZ_SECONDS),60)
 
-lint: $(STAMP)
-	$(BIN)/ruff check connectproxy tests
-	$(BIN)/ruff format --check connectproxy tests
+lint: $(BIN)/.installed
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
 
-typecheck: $(STAMP)
-	$(BIN)/mypy connectproxy
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy src/connectproxy
 
-bench: $(BUILT)
+bench: $(BIN)/.installed
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info connectproxy/*.so .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PURE_VENV) build src/*.egg-info .mypy_cache .pytest_cache .ruff_cache

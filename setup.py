@@ -1,9 +1,9 @@
 """Build hook: compile the modules on the connection path to C with mypyc.
 
-The source stays the plain, type-checked Python in `connectproxy/`; mypyc turns the modules every
+The source stays the plain, type-checked Python in `src/connectproxy/`; mypyc turns the modules every
 connection runs through into extension modules that do the same thing with about a fifth fewer
-instructions (README.md, "Performance"). An extension module is imported in preference to the
-`.py` beside it.
+instructions (README.md, "Performance"). The extension modules are built into the installed
+package (`pip install .`), never beside the sources, so the source tree is never stale.
 
 `CONNECTPROXY_PURE_PYTHON=1` skips the step, for a platform without a C compiler: the package then
 runs as plain Python, with the same behaviour and the same tests, only slower.
@@ -18,18 +18,18 @@ from setuptools import setup
 # The modules a connection runs through, from accept to the access line. Start-up and operations
 # code (config file parsing, the Squid importer, the CLI, workers) gains nothing from compiling.
 COMPILED = [
-    "connectproxy/addresses.py",
-    "connectproxy/busypoll.py",
-    "connectproxy/deadlines.py",
-    "connectproxy/dial.py",
-    "connectproxy/http.py",
-    "connectproxy/logs.py",
-    "connectproxy/metrics.py",
-    "connectproxy/netset.py",
-    "connectproxy/policy.py",
-    "connectproxy/server.py",
-    "connectproxy/sockio.py",
-    "connectproxy/tunnel.py",
+    "src/connectproxy/matching/addresses.py",
+    "src/connectproxy/matching/netset.py",
+    "src/connectproxy/net/busypoll.py",
+    "src/connectproxy/net/deadlines.py",
+    "src/connectproxy/net/dial.py",
+    "src/connectproxy/net/sockio.py",
+    "src/connectproxy/observe/logs.py",
+    "src/connectproxy/observe/metrics.py",
+    "src/connectproxy/policy/decide.py",
+    "src/connectproxy/server/server.py",
+    "src/connectproxy/tunnel/splice.py",
+    "src/connectproxy/wire/http.py",
 ]
 
 

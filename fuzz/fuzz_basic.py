@@ -12,7 +12,7 @@ import sys
 import atheris  # type: ignore[import-untyped]
 
 with atheris.instrument_imports():
-    from connectproxy.http import parse_basic_credentials
+    from connectproxy.wire.http import parse_basic_credentials
 
 
 def check(value: str) -> None:

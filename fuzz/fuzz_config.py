@@ -14,7 +14,7 @@ from pathlib import Path
 import atheris  # type: ignore[import-untyped]
 
 with atheris.instrument_imports():
-    from connectproxy.configfile import ConfigError, parse_config
+    from connectproxy.configfile.load import ConfigError, parse_config
 
 BASE = Path(tempfile.mkdtemp(prefix="fuzz-config-"))
 

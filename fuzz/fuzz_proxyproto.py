@@ -12,7 +12,7 @@ import sys
 import atheris  # type: ignore[import-untyped]
 
 with atheris.instrument_imports():
-    from connectproxy.proxyproto import ProxyHeader, ProxyHeaderError, parse_proxy_header
+    from connectproxy.wire.proxyproto import ProxyHeader, ProxyHeaderError, parse_proxy_header
 
 MODES = ("v1", "v2", "any")
 

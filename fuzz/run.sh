@@ -5,7 +5,8 @@
 #
 # The committed seed corpus under fuzz/corpus/<target>/ is read but never written: new inputs go
 # to a scratch folder, and a crashing input is copied to fuzz/crashes/<target>/ (and printed as
-# hex) so it can be turned into a regression test. PYTHON defaults to the project's virtualenv.
+# hex) so it can be turned into a regression test. PYTHON defaults to the plain-Python build's
+# virtualenv: the fuzzer is steered by the coverage of Python code, and compiled modules report none.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,7 @@ targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
     targets=(http proxyproto basic hostname config)
 fi
-python="${PYTHON:-.venv/bin/python}"
+python="${PYTHON:-.venv-pure/bin/python}"
 if ! "$python" -c "import atheris" 2>/dev/null; then
     echo "fuzz/run.sh: atheris is not installed for $python (pip install atheris)" >&2
     exit 2
@@ -23,11 +24,6 @@ fi
 
 scratch="$(mktemp -d)"
 trap 'rm -rf "$scratch"' EXIT
-# The fuzzer is steered by the coverage of Python code, and the compiled modules beside the
-# sources (setup.py) report none: fuzz a plain copy of the package instead.
-mkdir -p "$scratch/src/connectproxy"
-cp connectproxy/*.py connectproxy/*.yaml connectproxy/py.typed "$scratch/src/connectproxy/"
-export PYTHONPATH="$scratch/src${PYTHONPATH:+:$PYTHONPATH}"
 failed=0
 for target in "${targets[@]}"; do
     script="fuzz/fuzz_${target}.py"

@@ -16,30 +16,6 @@ import connectproxy
 from tests.support import HTTPSOrigin, OriginServer, ProxyProcess, write_leaf
 
 
-def stale_compiled_modules() -> list[str]:
-    """Sources edited after setup.py compiled them. Python imports the compiled module in
-    preference to its source, so the tests would silently run yesterday's code."""
-    package = Path(connectproxy.__file__).parent
-    # The code of every compiled module is in one library; each module's own extension is a
-    # small shim that the build leaves untouched when only the code changed.
-    library = next(package.glob("_compiled__mypyc.*"), None)
-    if library is None:
-        return []
-    built = library.stat().st_mtime
-    shims = (ext for ext in package.glob("*.so") if ext != library)
-    sources = sorted(package / f"{ext.name.split('.')[0]}.py" for ext in shims)
-    return [source.name for source in sources if source.stat().st_mtime > built]
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    if stale := stale_compiled_modules():
-        pytest.exit(
-            f"changed since they were compiled: {', '.join(stale)}; "
-            "`make test` rebuilds them (or `make clean` for plain Python)",
-            returncode=2,
-        )
-
-
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Which build the suite ran on, in the summary that `make test`'s -q still prints."""
     build = "compiled by setup.py" if connectproxy.compiled() else "plain Python"

@@ -30,7 +30,7 @@ import trustme
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from connectproxy.passwords import hash_password
+from connectproxy.credentials.passwords import hash_password
 
 LOOPBACK_OK_DENY = ["0.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4"]  # default minus 127/8, ::1
 

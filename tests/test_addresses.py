@@ -1,4 +1,4 @@
-"""Address normalisation and network membership (`connectproxy.addresses`).
+"""Address normalisation and network membership (`connectproxy.matching.addresses`).
 
 These functions decide two security questions: is a client's source inside an admitted network,
 and is a destination inside a denied one. Each test below is a spelling of an address that must be
@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectproxy.addresses import (
+from connectproxy.config.model import DEFAULT_DENY_NETWORKS
+from connectproxy.matching.addresses import (
     address_text,
     embedded_ipv4,
     endpoint_text,
@@ -23,7 +24,7 @@ from connectproxy.addresses import (
     normalise,
     parse_address,
 )
-from connectproxy.config import DEFAULT_DENY_NETWORKS, IPNetwork
+from connectproxy.matching.netset import IPNetwork
 
 
 def nets(*cidrs: str) -> tuple[IPNetwork, ...]:

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from connectproxy.auth import Authenticator
-from connectproxy.config import User
-from connectproxy.passwords import HtpasswdError, hash_password
+from connectproxy.config.model import User
+from connectproxy.credentials.auth import Authenticator
+from connectproxy.credentials.passwords import HtpasswdError, hash_password
 
 # htpasswd -nbm bob secret / htpasswd -nbs carol secret (see test_passwords.py)
 APR1_BOB_SECRET = "$apr1$6HtIzgeP$MMTI8Jl6pbkrOCtkppH991"

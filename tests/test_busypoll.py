@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from connectproxy.busypoll import MAX_WINDOW_NS, MIN_WINDOW_NS, BusyPoll
+from connectproxy.net.busypoll import MAX_WINDOW_NS, MIN_WINDOW_NS, BusyPoll
 
 
 def open_window(poll: BusyPoll) -> None:

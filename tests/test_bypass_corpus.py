@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from connectproxy.passwords import hash_password
+from connectproxy.credentials.passwords import hash_password
 from tests.support import LOOPBACK_OK_DENY, ProxyProcess, status_of
 
 SENSOR = "sensor.azure-devices.net"

@@ -29,7 +29,7 @@ import pytest
 import trustme
 import yaml
 
-from connectproxy.cli import main
+from connectproxy.process.cli import main
 from tests.conftest import ProxyFactory
 from tests.support import (
     LOOPBACK_OK_DENY,

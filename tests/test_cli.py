@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 import connectproxy
-from connectproxy import configfile, server
-from connectproxy.cli import main
-from connectproxy.passwords import verify_password
+from connectproxy.configfile import load as configfile
+from connectproxy.credentials.passwords import verify_password
+from connectproxy.process.cli import main
+from connectproxy.server import server
 
 # A well-formed hash (of "secret"); explain never checks passwords, `--user` counts as valid.
 HASH = "scrypt$n=16384,r=8,p=1$Y29ubmVjdHByb3h5LXRzdA$bW0v8sEzbkJt2f3vx8U7TJLtJA8RWeMlM897XMNpViY"

@@ -20,8 +20,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectproxy import configfile
-from connectproxy.config import (
+from connectproxy.config.model import (
     DEFAULT_DENY_NETWORKS,
     Config,
     Destinations,
@@ -31,7 +30,8 @@ from connectproxy.config import (
     Metrics,
     Timeouts,
 )
-from connectproxy.configfile import (
+from connectproxy.configfile import load as configfile
+from connectproxy.configfile.load import (
     EMBEDDED_SOURCE,
     ConfigError,
     config_from_mapping,
@@ -40,7 +40,7 @@ from connectproxy.configfile import (
     parse_config,
     summarize,
 )
-from connectproxy.passwords import hash_password
+from connectproxy.credentials.passwords import hash_password
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "config" / "examples").glob("*.yaml"))
@@ -114,7 +114,7 @@ def test_embedded_default_is_spec_3_1() -> None:
 
 
 def test_shipped_config_file_is_the_embedded_default() -> None:
-    packaged = resources.files("connectproxy").joinpath("default.yaml").read_bytes()
+    packaged = resources.files("connectproxy.config").joinpath("default.yaml").read_bytes()
     assert (REPO / "config" / "connectproxy.yaml").read_bytes() == packaged
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from connectproxy.deadlines import TICK, Deadlines, Limit
+from connectproxy.net.deadlines import TICK, Deadlines, Limit
 
 
 def current() -> asyncio.Task[object]:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from connectproxy.dial import DialError, open_tcp
+from connectproxy.net.dial import DialError, open_tcp
 
 LISTENING = ipaddress.ip_address("127.0.0.1")
 REFUSING = ipaddress.ip_address("127.0.0.2")  # loopback too, but nothing listens there

@@ -21,8 +21,8 @@ import pytest
 import trustme
 import yaml
 
-from connectproxy import doctor
-from connectproxy.configfile import ConfigError, load_default
+from connectproxy.configfile.load import ConfigError, load_default
+from connectproxy.process import doctor
 from tests.conftest import ProxyFactory
 from tests.support import LOOPBACK_OK_DENY, HTTPSOrigin
 
@@ -536,5 +536,5 @@ def test_wired_into_the_command_line(tmp_path: Path) -> None:
 def test_the_command_line_loads_doctor_without_prometheus_client() -> None:
     """`run --workers N` sets PROMETHEUS_MULTIPROC_DIR before prometheus-client is first imported
     (it picks its value storage then); the CLI imports doctor at start, so doctor must not."""
-    check = "import sys, connectproxy.cli; sys.exit('prometheus_client' in sys.modules)"
+    check = "import sys, connectproxy.process.cli; sys.exit('prometheus_client' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", check], timeout=30).returncode == 0

@@ -26,11 +26,14 @@ from pathlib import Path
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from connectproxy import proxyproto
-from connectproxy.config import Allow, Client, Config, IPAddress, IPNetwork
-from connectproxy.configfile import ConfigError, parse_config
-from connectproxy.hostnames import normalise_hostname, parse_domain_pattern
-from connectproxy.http import (
+from connectproxy.config.model import Allow, Client, Config
+from connectproxy.configfile.load import ConfigError, parse_config
+from connectproxy.matching.domains import parse_domain_pattern
+from connectproxy.matching.netset import IPAddress, IPNetwork
+from connectproxy.policy.decide import Source, decide
+from connectproxy.wire import proxyproto
+from connectproxy.wire.hostnames import normalise_hostname
+from connectproxy.wire.http import (
     Request,
     RequestError,
     find_head_end,
@@ -38,7 +41,6 @@ from connectproxy.http import (
     parse_head,
     take_request,
 )
-from connectproxy.policy import Source, decide
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 8192

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectproxy.hostnames import normalise_hostname
-from connectproxy.http import (
+from connectproxy.wire.hostnames import normalise_hostname
+from connectproxy.wire.http import (
     ALLOW_CONNECT,
     ESTABLISHED,
     PROXY_AUTHENTICATE,

@@ -6,8 +6,8 @@ import os
 import signal
 import socket
 
-from connectproxy.config import Listener
-from connectproxy.server import NODELAY_INHERITED, bind_listener
+from connectproxy.config.model import Listener
+from connectproxy.server.server import NODELAY_INHERITED, bind_listener
 from tests.conftest import ProxyFactory
 from tests.support import (
     SENSOR,

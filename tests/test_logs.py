@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from connectproxy.logs import AccessRecord, access_json
+from connectproxy.observe.logs import AccessRecord, access_json
 
 AWKWARD = [
     "",

@@ -21,8 +21,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from connectproxy.metrics import CONNECT_BUCKETS, OUTCOMES, HistogramTally, Metrics
-from connectproxy.passwords import hash_password
+from connectproxy.credentials.passwords import hash_password
+from connectproxy.observe.metrics import CONNECT_BUCKETS, OUTCOMES, HistogramTally, Metrics
 from tests.conftest import ProxyFactory
 from tests.support import (
     LOOPBACK_OK_DENY,

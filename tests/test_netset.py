@@ -8,8 +8,8 @@ from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectproxy.config import DEFAULT_DENY_NETWORKS, Config, Destinations, IPAddress, IPNetwork
-from connectproxy.netset import NetworkSet
+from connectproxy.config.model import DEFAULT_DENY_NETWORKS, Config, Destinations
+from connectproxy.matching.netset import IPAddress, IPNetwork, NetworkSet
 
 
 @st.composite

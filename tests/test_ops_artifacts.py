@@ -30,11 +30,11 @@ import yaml
 from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
-from connectproxy.config import Limits, Timeouts
-from connectproxy.configfile import load_config, parse_config
-from connectproxy.ops import OpsServer
-from connectproxy.sdnotify import Notifier
-from connectproxy.server import connection_capacity
+from connectproxy.config.model import Limits, Timeouts
+from connectproxy.configfile.load import load_config, parse_config
+from connectproxy.observe.ops import OpsServer
+from connectproxy.process.sdnotify import Notifier
+from connectproxy.server.server import connection_capacity
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "connectproxy.service"

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectproxy.passwords import (
+from connectproxy.credentials.passwords import (
     DUMMY_HASH,
     Htpasswd,
     HtpasswdError,

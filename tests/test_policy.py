@@ -1,4 +1,5 @@
-"""Admission, destination and routing decisions (`connectproxy.policy`, SPEC section 4 steps 4-6).
+"""Admission, destination and routing decisions (`connectproxy.policy.decide`, SPEC section 4
+steps 4-6).
 
 Configs are built from the dataclasses directly, so each test shows the whole policy it relies on;
 a few go through `configfile.parse_config` to pin down that what an operator writes in YAML is what
@@ -16,22 +17,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectproxy.config import (
+from connectproxy.config.model import (
     Allow,
     Client,
     Config,
     Destinations,
-    DomainPattern,
-    IPAddress,
-    IPNetwork,
     Upstream,
     UpstreamProxy,
     User,
 )
-from connectproxy.configfile import load_default, parse_config
-from connectproxy.hostnames import parse_domain_pattern
-from connectproxy.http import Target, parse_target
-from connectproxy.policy import (
+from connectproxy.configfile.load import load_default, parse_config
+from connectproxy.matching.domains import DomainPattern, parse_domain_pattern
+from connectproxy.matching.netset import IPAddress, IPNetwork
+from connectproxy.policy.decide import (
     Credentials,
     Decision,
     Source,
@@ -41,6 +39,7 @@ from connectproxy.policy import (
     route_for,
     usable_addresses,
 )
+from connectproxy.wire.http import Target, parse_target
 
 # A well-formed hash; the policy never verifies passwords (auth.py does), it only sees `valid`.
 HASH = "scrypt$n=16384,r=8,p=1$Y29ubmVjdHByb3h5LXRzdA$bW0v8sEzbkJt2f3vx8U7TJLtJA8RWeMlM897XMNpViY"

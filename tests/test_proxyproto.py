@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectproxy.proxyproto import (
+from connectproxy.wire.proxyproto import (
     MAX_V1,
     MAX_V2,
     ProxyHeader,

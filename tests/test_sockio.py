@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import trustme
 
-from connectproxy import sockio
+from connectproxy.net import sockio
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from connectproxy.busypoll import BusyPoll
-from connectproxy.tunnel import CHUNK, PipePool, Poller, Tunnel, splice_available
+from connectproxy.net.busypoll import BusyPoll
+from connectproxy.tunnel.splice import CHUNK, PipePool, Poller, Tunnel, splice_available
 
 MODES = ["splice", "copy"] if splice_available else ["copy"]
 

@@ -1,7 +1,0 @@
-"""`python -m connectproxy` is the same as the `connectproxy` console script."""
-
-import sys
-
-from connectproxy.cli import main
-
-sys.exit(main())

@@ -1,0 +1,7 @@
+"""`python -m connectproxy` is the same as the `connectproxy` console script."""
+
+import sys
+
+from connectproxy.process.cli import main
+
+sys.exit(main())

@@ -1,0 +1,3 @@
+"""The validated, immutable configuration model. Everything that decides or serves reads it; only
+`connectproxy.configfile` builds it.
+"""

@@ -1,0 +1,1 @@
+"""squid.conf: the directive reader and the translation into connectproxy's model."""

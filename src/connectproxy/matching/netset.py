@@ -1,0 +1,39 @@
+"""A set of IP networks that answers membership with integer comparisons.
+
+Every resolved destination address is checked against `destinations.deny_networks` (14 networks
+by default). `address in network` from the ipaddress module runs in Python: its `__contains__`
+and `version` property cost 1.5 µs for one IPv4 address against the default list, about 2% of a
+tunnel's set-up per address. Here each network is its first and last address as integers, and
+the check is a loop of comparisons in compiled code (setup.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class NetworkSet:
+    """Immutable; an address of one family never matches a network of the other."""
+
+    __slots__ = ("_v4", "_v6")
+
+    def __init__(self, networks: Iterable[IPNetwork]) -> None:
+        v4: list[tuple[int, int]] = []
+        v6: list[tuple[int, int]] = []
+        for net in networks:
+            bounds = (int(net.network_address), int(net.broadcast_address))
+            if isinstance(net, ipaddress.IPv4Network):
+                v4.append(bounds)
+            else:
+                v6.append(bounds)
+        self._v4 = tuple(v4)
+        self._v6 = tuple(v6)
+
+    def __contains__(self, addr: IPAddress) -> bool:
+        value = int(addr)
+        ranges = self._v4 if isinstance(addr, ipaddress.IPv4Address) else self._v6
+        return any(first <= value <= last for first, last in ranges)

@@ -1,0 +1,41 @@
+"""Host name normalisation, shared by the request parser and the config's domain patterns.
+
+One definition of "a valid host name" for both sides matters: if the config accepted a pattern
+the parser can never produce (or the reverse), an allowlist entry would silently never match.
+"""
+
+from __future__ import annotations
+
+import re
+
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+# A last label that a resolver could read as a number (decimal, octal or hex) turns the name into
+# an IP address behind the allowlist's back: `127.1`, `2130706433`, `0x7f000001`.
+_NUMERIC_LABEL = re.compile(r"(?:[0-9]+|0x[0-9a-f]*)\Z")
+
+
+def normalise_hostname(name: str) -> str:
+    """Lowercase `name`, drop one trailing dot, and check it is an LDH DNS name.
+
+    Raises ValueError with a short reason. ASCII only: IDNA must arrive already in `xn--` form.
+    """
+    if not name.isascii():
+        raise ValueError("host name is not ASCII")
+    host = name.lower()
+    if host.endswith("."):
+        host = host[:-1]
+    if not host:
+        raise ValueError("host name is empty")
+    if len(host) > 253:
+        raise ValueError("host name is longer than 253 characters")
+    labels = host.split(".")
+    for label in labels:
+        if not label:
+            raise ValueError("host name has an empty label")
+        if len(label) > 63:
+            raise ValueError("host name has a label longer than 63 characters")
+        if not _LABEL.match(label):
+            raise ValueError("host name has a label that is not letters, digits and inner hyphens")
+    if _NUMERIC_LABEL.match(labels[-1]):
+        raise ValueError("host name ends in a numeric label (an IP address in disguise)")
+    return host
