@@ -7,7 +7,7 @@ import signal
 import socket
 
 from connectproxy.config.model import Listener
-from connectproxy.server.server import NODELAY_INHERITED, bind_listener
+from connectproxy.server.listening import NODELAY_INHERITED, bind_listener
 from tests.conftest import ProxyFactory
 from tests.support import (
     SENSOR,

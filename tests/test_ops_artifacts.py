@@ -34,7 +34,7 @@ from connectproxy.config.model import Limits, Timeouts
 from connectproxy.configfile.load import load_config, parse_config
 from connectproxy.observe.ops import OpsServer
 from connectproxy.process.sdnotify import Notifier
-from connectproxy.server.server import connection_capacity
+from connectproxy.server.listening import connection_capacity
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "connectproxy.service"

@@ -36,7 +36,8 @@ class Refusal(Exception):
     type wherever a step refuses (server/connection.py)."""
 
     def __init__(self, status: int | None, outcome: Outcome, reason: str) -> None:
-        super().__init__(status, outcome, reason)  # all in args, so the error pickles whole
+        # Subclasses set `args` to their own constructor's arguments, so every one pickles whole.
+        super().__init__(status, outcome, reason)
         self.status = status
         self.outcome: Outcome = outcome
         self.reason = reason

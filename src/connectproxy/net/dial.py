@@ -17,20 +17,24 @@ from connectproxy.config.model import Config
 from connectproxy.matching.addresses import address_text, normalise, parse_address
 from connectproxy.matching.netset import IPAddress
 from connectproxy.net.sockio import wait_writable
+from connectproxy.outcome import Outcome, Refusal
 from connectproxy.wire.http import Target
 
 # RFC 8305 suggests 250 ms between connection attempts.
 HAPPY_EYEBALLS_DELAY = 0.25
 
 
-class DialError(Exception):
+class DialError(Refusal):
     """A destination could not be reached; `status` and `outcome` say how to answer."""
 
-    def __init__(self, status: int, outcome: str, reason: str, upstream: str | None = None) -> None:
-        super().__init__(reason)
+    status: int
+
+    def __init__(
+        self, status: int, outcome: Outcome, reason: str, upstream: str | None = None
+    ) -> None:
+        super().__init__(status, outcome, reason)
+        self.args = (status, outcome, reason, upstream)
         self.status = status
-        self.outcome = outcome
-        self.reason = reason
         self.upstream = upstream  # the upstream proxy that refused, for the access log
 
 

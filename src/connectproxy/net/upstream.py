@@ -18,7 +18,6 @@ from collections.abc import Callable
 from connectproxy.config.model import Upstream, UpstreamProxy
 from connectproxy.net.dial import DialError, lookup, open_tcp
 from connectproxy.net.sockio import handshake, recv, send_all
-from connectproxy.observe.metrics import Metrics
 from connectproxy.wire.http import Target
 
 COOL_DOWN = 30.0  # seconds a failed upstream is tried only after the healthy ones
@@ -46,12 +45,16 @@ def connect_head(proxy: UpstreamProxy, target: Target) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-class _Unusable(Exception):
-    """This upstream could not be used (connect, TLS, or a garbled answer): try the next one."""
+class _Unusable(DialError):
+    """This upstream could not be used (connect, TLS, or a garbled answer): try the next one.
+    The status and outcome are what the client gets if no upstream is left."""
 
     def __init__(self, reason: str, timed_out: bool = False) -> None:
-        super().__init__(reason)
-        self.reason = reason
+        if timed_out:
+            super().__init__(504, "connect_timeout", reason)
+        else:
+            super().__init__(502, "connect_failed", reason)
+        self.args = (reason, timed_out)
         self.timed_out = timed_out
 
 
@@ -86,10 +89,11 @@ class Upstreams:
         self.cooling_until.pop(proxy.name, None)
 
     async def open(
-        self, target: Target, timeout: float, metrics: Metrics
+        self, target: Target, timeout: float, failed: Callable[[str], None]
     ) -> tuple[socket.socket, bytes, UpstreamProxy]:
         """A socket tunnelled to `target` through the first upstream that works, and any bytes
-        the upstream sent after its 2xx head (they belong to the tunnel)."""
+        the upstream sent after its 2xx head (they belong to the tunnel). `failed` is told the
+        name of each upstream that could not be used (the metrics count it)."""
         failures: list[_Unusable] = []
         for proxy in self.order():
             try:
@@ -110,7 +114,7 @@ class Upstreams:
                     f"upstream {proxy.name} answered {status} {reason}",
                     upstream=proxy.name,
                 )
-            metrics.upstream_failures.labels(proxy.name).inc()
+            failed(proxy.name)
             self.failed(proxy)
             failures.append(failure)
         detail = "; ".join(f.reason for f in failures)

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import structlog
 
 from connectproxy.config.model import Log
+from connectproxy.outcome import Outcome
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -64,7 +65,7 @@ class AccessRecord:
     client: str | None
     user: str | None
     target: str | None
-    outcome: str | None
+    outcome: Outcome | None
     status: int | None
     upstream: str | None
     server_addr: str | None
@@ -84,7 +85,7 @@ class AccessRecord:
         client: str | None = None,
         user: str | None = None,
         target: str | None = None,
-        outcome: str | None = None,
+        outcome: Outcome | None = None,
         status: int | None = None,
         upstream: str | None = None,
         server_addr: str | None = None,

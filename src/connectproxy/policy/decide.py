@@ -14,6 +14,7 @@ from typing import Final, Literal
 from connectproxy.config.model import Config
 from connectproxy.matching.addresses import in_networks, is_denied, normalise
 from connectproxy.matching.netset import IPAddress
+from connectproxy.outcome import Outcome
 from connectproxy.wire.http import Target
 
 Route = Literal["direct", "upstream"]
@@ -51,7 +52,7 @@ class Decision:
         self,
         allowed: bool,
         status: int,
-        outcome: str,
+        outcome: Outcome,
         reason: str,
         client: str | None = None,
         user: str | None = None,
@@ -72,7 +73,11 @@ class Decision:
 
 
 def _deny(
-    status: int, outcome: str, reason: str, client: str | None = None, user: str | None = None
+    status: int,
+    outcome: Outcome,
+    reason: str,
+    client: str | None = None,
+    user: str | None = None,
 ) -> Decision:
     return Decision(False, status, outcome, reason, client=client, user=user)
 
@@ -129,14 +134,11 @@ def route_for(target: Target, config: Config) -> Route:
     return "upstream"
 
 
-def decide(
-    target: Target, source: Source, credentials: Credentials | None, config: Config
+def destination(
+    target: Target, config: Config, client: str | None = None, user: str | None = None
 ) -> Decision:
-    """Steps 4 and 5 of section 4, in order; the first failing step answers."""
-    admitted = admit(source, credentials, config)
-    if not admitted.allowed:
-        return admitted
-    client, user = admitted.client, admitted.user
+    """Step 5 of section 4 for an admitted identity: port, then host or address. `doctor` asks
+    this too, so it reports the proxy's own verdict."""
     if target.port not in config.allow.ports:
         return _deny(403, "forbidden", f"port {target.port} not allowed", client, user)
     ok, why = destination_allowed(target, config)
@@ -152,6 +154,16 @@ def decide(
             route=route_for(target, config),
         )
     return _deny(403, "forbidden", f"destination not allowed: {why}", client, user)
+
+
+def decide(
+    target: Target, source: Source, credentials: Credentials | None, config: Config
+) -> Decision:
+    """Steps 4 and 5 of section 4, in order; the first failing step answers."""
+    admitted = admit(source, credentials, config)
+    if not admitted.allowed:
+        return admitted
+    return destination(target, config, admitted.client, admitted.user)
 
 
 def usable_addresses(addrs: list[IPAddress], config: Config) -> list[IPAddress]:

@@ -22,7 +22,8 @@ from connectproxy.observe.logs import AccessLog, get_logger, setup_logging
 from connectproxy.observe.metrics import Metrics
 from connectproxy.observe.ops import OpsServer
 from connectproxy.process.sdnotify import Notifier
-from connectproxy.server.server import Policy, Server
+from connectproxy.server.connection import Policy
+from connectproxy.server.server import Server
 
 ConfigLoader = Callable[[], Config]
 
@@ -137,7 +138,7 @@ class App:
             policy = build_policy(config)
         except ConfigError as exc:
             if self.role.count_reloads:
-                self.metrics.config_reloads.labels("failure").inc()
+                self.metrics.reloaded("failure")
             self.log.error("config reload failed; keeping the running config", error=str(exc))
             self.notifier.ready("reload failed; running the previous config")
             return
@@ -154,7 +155,7 @@ class App:
         for warning in config.warnings:
             self.log.warning("config warning", detail=warning)
         if self.role.count_reloads:
-            self.metrics.config_reloads.labels("success").inc()
+            self.metrics.reloaded("success")
         self.log.info("config reloaded", config=config.source)
         self.notifier.ready(self._status())
 
@@ -163,8 +164,8 @@ class App:
         self.ready = False
         self.notifier.stopping()
         grace = self.config.timeouts.shutdown_grace
-        self.log.info("draining", open_tunnels=len(self.server.active), grace_s=grace)
-        self.notifier.status(f"draining {len(self.server.active)} tunnels")
+        self.log.info("draining", open_tunnels=len(self.server.tunnels.active), grace_s=grace)
+        self.notifier.status(f"draining {len(self.server.tunnels.active)} tunnels")
         await self.server.drain(grace)
         if self.ops is not None:
             await self.ops.close()

@@ -23,22 +23,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from connectproxy.config.model import Config
 from connectproxy.configfile.load import ConfigError, load_config
-from connectproxy.matching.addresses import endpoint_text
-from connectproxy.net.dial import DialError, open_tcp, resolve
-from connectproxy.net.sockio import peer_address, recv, send_all
-from connectproxy.policy.decide import Route, destination_allowed, route_for, usable_addresses
+from connectproxy.net.connector import AddressesDenied, Connector
+from connectproxy.net.deadlines import Deadlines
+from connectproxy.net.dial import DialError
+from connectproxy.net.sockio import recv, send_all
+from connectproxy.net.upstream import Upstreams
+from connectproxy.policy.decide import Route, destination
 from connectproxy.wire.http import RequestError, Target, parse_target
-
-if TYPE_CHECKING:
-    # Imported for real inside `run_doctor` only: the CLI imports this module at start, and
-    # `run --workers N` must set PROMETHEUS_MULTIPROC_DIR before prometheus-client is first
-    # imported (it picks its value storage then), so nothing here may import it at load time.
-    from connectproxy.net.upstream import Upstreams
-    from connectproxy.observe.metrics import Metrics
 
 DEFAULT_PORT = 443
 DEFAULT_TIMEOUT = 10.0
@@ -127,14 +122,12 @@ class _Probe:
         self,
         target: Target,
         config: Config,
-        upstreams: Upstreams | None,
-        metrics: Metrics,
+        connector: Connector,
         tls_context: ssl.SSLContext,
     ) -> None:
         self.target = target
         self.config = config
-        self.upstreams = upstreams
-        self.metrics = metrics
+        self.connector = connector
         self.tls_context = tls_context
         self.result = Result(target=target.authority)
         self.stage: Step = "policy"
@@ -145,11 +138,7 @@ class _Probe:
         try:
             async with asyncio.timeout(timeout):
                 self._check_policy()
-                if self.result.route == "upstream":
-                    early = await self._open_via_upstream()
-                else:
-                    await self._open_direct()
-                    early = b""
+                early = await self._open()
                 await self._tls_handshake(early)
             self.result.ok = True
         except _StepFailed as exc:
@@ -164,65 +153,53 @@ class _Probe:
         return self.result
 
     def _check_policy(self) -> None:
-        """Section 4 step 5 as the proxy applies it; admission (step 4) is about the client, and
+        """Section 4 step 5 as the proxy decides it; admission (step 4) is about the client, and
         doctor is not one."""
-        target, allow = self.target, self.config.allow
-        if target.port not in allow.ports:
-            raise _StepFailed("policy", f"port {target.port} is not in allow.ports")
-        allowed, why = destination_allowed(target, self.config)
-        if not allowed:
-            if allow.mode != "report":
-                raise _StepFailed("policy", f"destination not allowed: {why}")
+        decision = destination(self.target, self.config)
+        if not decision.allowed:
+            raise _StepFailed("policy", decision.reason)
+        if decision.would_deny:
+            why = decision.reason.removesuffix(" (report mode)")
             self.result.note = f"report mode lets this through; enforce mode would not ({why})"
-        self.result.route = route_for(target, self.config)
+        self.result.route = decision.route
 
-    async def _open_direct(self) -> None:
-        """Resolve once, drop denied addresses, connect to what is left: `Server._open`'s path,
-        bounded by `timeouts.connect` like the proxy's."""
-        target, config = self.target, self.config
-        limit = config.timeouts.connect
+    async def _open(self) -> bytes:
+        """The connection the proxy would open, through the proxy's own `Connector`: resolve once,
+        drop denied addresses, connect to what is left, or go through the upstream chain with
+        its failover. Bounded by `timeouts.connect` like the proxy's, with each step timed.
+        Returns the bytes an upstream sent after its 2xx (the start of the destination's TLS
+        answer)."""
+        target, limit = self.target, self.config.timeouts.connect
+        upstream = self.result.route == "upstream"
+        self.stage = "upstream" if upstream else "dns"
         try:
             async with asyncio.timeout(limit):
-                self.stage = "dns"
                 began = time.perf_counter()
-                addrs = await resolve(target, config)
-                self.result.dns_ms = _ms_since(began)
-                usable = usable_addresses(addrs, config)
-                self.result.addresses = [str(a) for a in usable]
-                if not usable:
-                    listed = ", ".join(str(a) for a in addrs)
-                    raise _StepFailed(
-                        "policy", f"{listed}: every address is in destinations.deny_networks"
-                    )
-                self.stage = "tcp"
-                began = time.perf_counter()
-                self.sock, reached = await open_tcp(usable, target.port)
+                if upstream:
+                    dialed = await self.connector.through_upstream(target)
+                    self.result.upstream = dialed.upstream
+                else:
+                    usable = await self.connector.addresses(target)
+                    self.result.dns_ms = _ms_since(began)
+                    self.result.addresses = [str(a) for a in usable]
+                    self.stage = "tcp"
+                    began = time.perf_counter()
+                    dialed = await self.connector.connect(usable, target)
                 self.result.connect_ms = _ms_since(began)
+        except AddressesDenied as denied:
+            listed = ", ".join(str(a) for a in denied.addresses)
+            raise _StepFailed(
+                "policy", f"{listed}: every address is in destinations.deny_networks"
+            ) from None
         except DialError as exc:
             raise _StepFailed(self.stage, exc.reason) from None
         except TimeoutError:
             raise _StepFailed(
                 self.stage, f"no answer within {limit:g} s (timeouts.connect)"
             ) from None
-        self.result.address = endpoint_text(reached, target.port)
-
-    async def _open_via_upstream(self) -> bytes:
-        """The upstream chain with its failover and cool-downs; returns the bytes the upstream
-        sent after its 2xx (the start of the destination's TLS answer)."""
-        assert self.upstreams is not None
-        self.stage = "upstream"
-        began = time.perf_counter()
-        try:
-            sock, early, proxy = await self.upstreams.open(
-                self.target, self.config.timeouts.connect, self.metrics
-            )
-        except DialError as exc:
-            raise _StepFailed("upstream", exc.reason) from None
-        self.sock = sock
-        self.result.connect_ms = _ms_since(began)
-        self.result.upstream = proxy.name
-        self.result.address = peer_address(sock)
-        return early
+        self.sock = dialed.sock
+        self.result.address = dialed.server_addr
+        return dialed.early
 
     async def _tls_handshake(self, early: bytes) -> None:
         """A TLS client over memory buffers rather than `wrap_socket`: through an `https://`
@@ -271,11 +248,6 @@ async def run_doctor(
     """Probe every target at once (a dead one must not make the others wait) and return the
     results in the order of `targets`. Raises ConfigError when an upstream's TLS files cannot
     be loaded, as `connectproxy run` would."""
-    from prometheus_client import CollectorRegistry
-
-    from connectproxy.net.upstream import Upstreams
-    from connectproxy.observe.metrics import Metrics
-
     upstreams = None
     if config.upstream is not None and config.upstream.proxies:
         try:
@@ -284,10 +256,14 @@ async def run_doctor(
             raise ConfigError(
                 config.source, "upstream.proxies", None, f"cannot load a TLS file: {exc}"
             ) from None
-    # Upstream failures are counted as the proxy counts them, in a registry nobody serves.
-    metrics = Metrics(CollectorRegistry())
-    probes = [_Probe(t, config, upstreams, metrics, tls_context) for t in targets]
-    return list(await asyncio.gather(*(p.run(timeout) for p in probes)))
+    deadlines = Deadlines(asyncio.get_running_loop())
+    # Failures are in each result; the upstream's cool-down is all the connector needs to keep.
+    connector = Connector(config, upstreams, deadlines, upstream_failed=lambda name: None)
+    try:
+        probes = [_Probe(t, config, connector, tls_context) for t in targets]
+        return list(await asyncio.gather(*(p.run(timeout) for p in probes)))
+    finally:
+        deadlines.close()
 
 
 # ---- output -----------------------------------------------------------------------------------

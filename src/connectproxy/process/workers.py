@@ -125,12 +125,12 @@ class Supervisor:
         try:
             self.config = self.load()
         except ConfigError as exc:
-            self.metrics.config_reloads.labels("failure").inc()
+            self.metrics.reloaded("failure")
             self.log.error("config reload failed; keeping the running config", error=str(exc))
             self.notifier.ready("reload failed; running the previous config")
             return
         self._signal_children(signal.SIGHUP)
-        self.metrics.config_reloads.labels("success").inc()
+        self.metrics.reloaded("success")
         self.log.info("config reloaded", config=self.config.source, workers=self.workers)
         self.notifier.ready(f"{self.workers} workers serving")
 

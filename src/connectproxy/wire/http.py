@@ -24,6 +24,7 @@ from ipaddress import IPv4Address, IPv6Address
 from types import MappingProxyType
 from typing import NoReturn
 
+from connectproxy.outcome import Outcome, Refusal
 from connectproxy.wire.hostnames import normalise_hostname
 
 ESTABLISHED: bytes = b"HTTP/1.1 200 Connection established\r\n\r\n"
@@ -76,25 +77,19 @@ _TARGET_TRAPS = (
 _TARGET_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._:[]")
 
 
-class RequestError(Exception):
-    """A request we answer with an HTTP error and close."""
+class RequestError(Refusal):
+    """A request we answer with an HTTP error and close; the outcome follows from the status."""
 
     status: int
-    outcome: str
-    reason: str
 
     def __init__(self, status: int, reason: str) -> None:
-        super().__init__(status, reason)  # both in args, so the error pickles and reprs whole
+        super().__init__(status, _outcome_for(status), reason)
+        self.args = (status, reason)
         self.status = status
-        self.outcome = _outcome_for(status)
-        self.reason = reason
-
-    def __str__(self) -> str:
-        return self.reason
 
 
-def _outcome_for(status: int) -> str:
-    """The metrics outcome (SPEC section 8) of each status this module can produce."""
+def _outcome_for(status: int) -> Outcome:
+    """The metrics outcome (docs/operations.md, "Metrics") of each status this module produces."""
     match status:
         case 400 | 431:
             return "bad_request"

@@ -1,0 +1,312 @@
+"""One client connection, accept to access-log line, in the order of the request steps.
+
+`Flow.serve` reads top to bottom as docs/configuration.md ("How a request is decided") lists the
+steps: PROXY header, per-source limit, TLS handshake, request head (step 1–3), credentials and the
+decision (4–5), the connector (6–7), the 200 (8), then the tunnel. Every refusal on the way is a
+`Refusal` (connectproxy/outcome.py) carrying its status, outcome and reason; one handler answers
+it and one `finally` closes and records, whichever way the connection ends.
+
+Sockets are plain non-blocking sockets driven by the event loop, not asyncio streams: the tunnel
+needs the raw descriptors for `splice(2)`, and owning them from accept to close keeps one code
+path for every connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from connectproxy.config.model import Config, Listener
+from connectproxy.credentials.auth import Authenticator
+from connectproxy.matching.addresses import parse_address
+from connectproxy.matching.netset import IPAddress
+from connectproxy.net.connector import Connector
+from connectproxy.net.deadlines import Deadlines
+from connectproxy.net.sockio import handshake, peer_names, recv, send_all, wait_readable
+from connectproxy.net.upstream import Upstreams
+from connectproxy.observe.logs import AccessLog, AccessRecord
+from connectproxy.observe.metrics import Metrics
+from connectproxy.outcome import Outcome, Refusal
+from connectproxy.policy.decide import Credentials, Source, decide
+from connectproxy.server.limits import TOO_MANY_FROM_SOURCE, SourceCounts, overloaded
+from connectproxy.server.listening import Listening
+from connectproxy.server.tunnels import Tunnels
+from connectproxy.wire import proxyproto
+from connectproxy.wire.http import (
+    ALLOW_CONNECT,
+    ESTABLISHED,
+    PROXY_AUTHENTICATE,
+    Request,
+    RequestError,
+    error_response,
+    parse_basic_credentials,
+    take_request,
+)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A config and what is built from it (authenticator, upstreams with their TLS contexts),
+    swapped together on reload; a connection keeps the one it started with."""
+
+    config: Config
+    auth: Authenticator
+    upstreams: Upstreams | None = None
+
+
+class Flow:
+    """What every connection's flow shares: built once per server, not per connection."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        metrics: Metrics,
+        access_log: AccessLog,
+        deadlines: Deadlines,
+        tunnels: Tunnels,
+        sources: SourceCounts,
+        connection_closed: Callable[[], None],
+    ) -> None:
+        self.loop = loop
+        self.metrics = metrics
+        self.access_log = access_log
+        self.deadlines = deadlines
+        self.tunnels = tunnels
+        self.sources = sources
+        self.connection_closed = connection_closed  # the server's count of open connections
+
+    async def serve(
+        self,
+        sock: socket.socket,
+        peer: Any,
+        entry: Listening,
+        policy: Policy,
+        connector: Connector,
+    ) -> None:
+        """`peer` is the accepted socket's address: (host, port) for IPv4, a 4-tuple for IPv6."""
+        config = policy.config
+        listener = entry.listener
+        began = time.perf_counter()  # the loop's clock ticks in whole milliseconds
+        rec = AccessRecord(
+            start=time.time(), client_addr=peer[0], client_port=peer[1], listener=listener.address
+        )
+        source_addr = parse_address(peer[0])
+        source_port: int = peer[1]
+        tls_names: tuple[str, ...] = ()
+        counted_source: bytes | None = None
+        server_sock: socket.socket | None = None
+        stage = "proxy header" if listener.proxy_protocol != "off" else "request"
+        handed_over = False
+        # For the deadlines; looked up once, and given the loop asyncio does not look that up.
+        task = asyncio.current_task(self.loop)
+        assert task is not None
+
+        def ended() -> None:
+            """The connection's last step, once its sockets are closed, by whichever path."""
+            if counted_source is not None:
+                self.sources.release(counted_source)
+            self.connection_closed()
+            rec.duration_s = round(time.perf_counter() - began, 6)
+            self.access_log.write(rec)
+
+        try:
+            try:
+                with self.deadlines.limit(task, config.timeouts.handshake):
+                    if listener.proxy_protocol != "off":
+                        source_addr, source_port = await self._read_proxy_header(
+                            sock, listener, source_addr, source_port
+                        )
+                        rec.client_addr, rec.client_port = str(source_addr), source_port
+                    source_key = source_addr.packed
+                    limit = config.limits.max_connections_per_source
+                    if not self.sources.take(source_key, limit):
+                        raise overloaded(TOO_MANY_FROM_SOURCE, entry.tls_context is None)
+                    counted_source = source_key
+                    if entry.tls_context is not None:
+                        stage = "tls"
+                        sock = entry.tls_context.wrap_socket(
+                            sock, server_side=True, do_handshake_on_connect=False
+                        )
+                        tls_names = await self._tls_handshake(sock)
+                    stage = "request"
+                    request, early = await _read_request(sock, config)
+            except TimeoutError:
+                if stage == "request":
+                    raise RequestError(408, "timed out waiting for the request") from None
+                raise Refusal(
+                    None, "handshake_timeout", f"timed out waiting for the {stage}"
+                ) from None
+
+            target = request.target
+            rec.target = target.authority
+            credentials = await _credentials(request, policy.auth)
+            source = Source(source_addr, source_port, tls_names)
+            decision = decide(target, source, credentials, config)
+            rec.client, rec.user = decision.client, decision.user
+            if not decision.allowed:
+                headers = PROXY_AUTHENTICATE if decision.status == 407 else ()
+                self._answer(sock, decision.status, decision.reason, rec, decision.outcome, headers)
+                return
+            if decision.would_deny:
+                rec.would_deny = True
+                self.metrics.would_deny_seen(decision.client or "-")
+            elif config.allow.mode == "report":
+                rec.would_deny = False
+
+            connect_began = time.perf_counter()
+            dialed = await connector.open(target, decision.route, task)
+            server_sock = dialed.sock
+            rec.upstream, rec.server_addr = dialed.upstream, dialed.server_addr
+            await _send_established(sock)
+            if dialed.early:
+                await send_all(sock, dialed.early)
+            if early:
+                await send_all(server_sock, early)
+            connect_s = time.perf_counter() - connect_began
+            rec.connect_s = round(connect_s, 6)
+            self.metrics.connected(connect_s)
+            rec.outcome, rec.status = "established", 200
+            self.metrics.count("established")
+            self.tunnels.start(
+                sock,
+                server_sock,
+                decision.client or "-",
+                config.timeouts.idle,
+                rec,
+                len(early),
+                len(dialed.early),
+                ended,
+            )
+            handed_over = True  # the tunnel owns both sockets now, and calls `ended` at its end
+        except Refusal as refused:
+            upstream = getattr(refused, "upstream", None)
+            if upstream is not None:
+                rec.upstream = upstream
+            if refused.status is None:
+                rec.outcome, rec.error = refused.outcome, refused.reason
+                self.metrics.count(refused.outcome)
+            else:
+                extra = ALLOW_CONNECT if refused.status == 405 else ()
+                self._answer(sock, refused.status, refused.reason, rec, refused.outcome, extra)
+        except OSError as exc:
+            # The client went away while we were answering or connecting.
+            if rec.outcome is None:
+                rec.outcome = "bad_request"
+                self.metrics.count("bad_request")
+            rec.error = rec.error or f"client connection error: {exc.strerror or exc}"
+        except asyncio.CancelledError:
+            # Drain ran out of time while this connection was still being set up: the proxy
+            # refused it for its own reasons, like a 503.
+            if rec.outcome is None:
+                rec.outcome, rec.error = "overloaded", "proxy shutting down"
+                self.metrics.count("overloaded")
+            raise
+        finally:
+            if not handed_over:
+                if server_sock is not None:
+                    server_sock.close()
+                sock.close()
+                ended()
+
+    async def _read_proxy_header(
+        self, sock: socket.socket, listener: Listener, peer_addr: IPAddress, peer_port: int
+    ) -> tuple[IPAddress, int]:
+        """Read exactly the PROXY header and nothing after it: the bytes that follow may be a TLS
+        ClientHello that the TLS layer must read from the socket itself. We peek, and consume only
+        bytes known to belong to the header."""
+        mode = listener.proxy_protocol
+        assert mode != "off"
+        seen = b""
+        while True:
+            await wait_readable(sock)
+            try:
+                peeked = sock.recv(proxyproto.MAX_V2, socket.MSG_PEEK)
+            except (BlockingIOError, InterruptedError):
+                continue
+            if not peeked:
+                raise Refusal(None, "bad_request", "closed before a PROXY protocol header")
+            try:
+                header = proxyproto.parse_proxy_header(seen + peeked, mode)
+            except proxyproto.ProxyHeaderError as exc:
+                self.metrics.handshake_failed("proxy_protocol")
+                raise Refusal(
+                    None, "bad_request", f"invalid PROXY protocol header: {exc}"
+                ) from None
+            if header is None:
+                seen += sock.recv(len(peeked))  # all of it is header: the header is still longer
+                continue
+            sock.recv(header.length - len(seen))
+            if header.source is None:
+                return peer_addr, peer_port
+            return parse_address(str(header.source[0])), header.source[1]
+
+    async def _tls_handshake(self, sock: ssl.SSLSocket) -> tuple[str, ...]:
+        try:
+            await handshake(sock)
+        except (ssl.SSLError, OSError) as exc:
+            self.metrics.handshake_failed("tls")
+            reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or str(exc)
+            raise Refusal(None, "bad_request", f"TLS handshake failed: {reason}") from None
+        return peer_names(sock)
+
+    def _answer(
+        self,
+        sock: socket.socket,
+        status: int,
+        reason: str,
+        rec: AccessRecord,
+        outcome: Outcome,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        rec.status, rec.outcome, rec.error = status, outcome, reason
+        self.metrics.count(outcome)
+        send_quietly(sock, error_response(status, reason, headers))
+
+
+async def _read_request(sock: socket.socket, config: Config) -> tuple[Request, bytes]:
+    limit = config.limits.max_request_bytes
+    data = b""
+    while True:
+        chunk = await recv(sock, max(limit, 4096))
+        if not chunk:
+            raise Refusal(None, "bad_request", "client closed before completing a request")
+        data = data + chunk if data else chunk
+        taken = take_request(data, limit)
+        if taken is not None:
+            return taken
+
+
+async def _credentials(request: Request, auth: Authenticator) -> Credentials | None:
+    value = request.proxy_authorization
+    if value is None:
+        return None
+    parsed = parse_basic_credentials(value)
+    if parsed is None:
+        return Credentials("", valid=False)
+    user, password = parsed
+    return Credentials(user, valid=await auth.verify(user, password))
+
+
+def send_quietly(sock: socket.socket, data: bytes) -> None:
+    """Best effort for error answers: the connection closes right after either way."""
+    try:
+        sock.send(data)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+async def _send_established(sock: socket.socket) -> None:
+    if isinstance(sock, ssl.SSLSocket):
+        await send_all(sock, ESTABLISHED)
+        return
+    # A fresh socket's send buffer always has room for 39 bytes; anything else is a dead client.
+    sent = sock.send(ESTABLISHED)
+    if sent != len(ESTABLISHED):
+        raise OSError(errno.EAGAIN, "could not send the 200 response")
