@@ -143,6 +143,14 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         p.error(f"--proxies: give distinct names from {', '.join(KNOWN_PROXIES)}, connectproxy-wN")
     if "squid" in names and shutil.which(a.squid) is None:
         p.error(f"--proxies: squid is not installed at {a.squid} (use --squid PATH)")
+    if any(n == "connectproxy" or WORKERS_NAME.fullmatch(n) for n in names):
+        if shutil.which(a.connectproxy) is None:
+            p.error(
+                f"--connectproxy: {a.connectproxy} is not an executable (use --connectproxy PATH)"
+            )
+        if os.sep in a.connectproxy:
+            # Proxies start in the run folder: a path relative to here would not be found there.
+            a.connectproxy = os.path.abspath(a.connectproxy)
     if a.workers is not None and a.workers < 1:
         p.error("--workers must be at least 1")
     if a.quick:
