@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .journal import Journal
 from .procfs import Snapshot, interval, process_tree, tree_rss_kib
-from .settings import INSTRUCTIONS, TRANSFERS, BenchError, JsonDict, Settings
+from .settings import INSTRUCTIONS, SYSCALLS, TRANSFERS, BenchError, JsonDict, Settings
 from .targets import Proxies, Target
 from .tools import Tools
 from .tracers import callgrind_control, callgrind_total, strace_calls
@@ -54,9 +54,14 @@ class Scenarios:
         t = self.proxies.start(name, callgrind=scenario == INSTRUCTIONS)
         try:
             self.warm_up(t)
-            method = getattr(self, f"scenario_{scenario}")
-            metrics: JsonDict = method(t, rnd)
-            return metrics
+            run: dict[str, Callable[[Target, int], JsonDict]] = {
+                "rate": self.scenario_rate,
+                "throughput": self.scenario_throughput,
+                "idle": self.scenario_idle,
+                INSTRUCTIONS: self.scenario_instructions,
+                SYSCALLS: self.scenario_syscalls,
+            }
+            return run[scenario](t, rnd)
         finally:
             self.proxies.stop(t)
 
@@ -68,6 +73,7 @@ class Scenarios:
         timeout: float,
         on_barrier: Callable[[str, int], None] | None = None,
     ) -> JsonDict:
+        """The load generator against proxy `t` ("direct": against the origin itself)."""
         return self.tools.loadgen(t.port, t.name == "direct", mode, args, timeout, on_barrier)
 
     def measured(
@@ -106,6 +112,8 @@ class Scenarios:
     # ---- scenarios
 
     def scenario_rate(self, t: Target, rnd: int) -> JsonDict:
+        """Tunnels/s at C closed-loop clients with the proxy's CPU per tunnel, then the
+        latency of one client at a time, which concurrency would hide behind queueing."""
         s = self.s
         args = ["-c", str(s.concurrency), "--duration", str(s.duration)]
         res, cpu = self.measured(t, "rate", args, s.duration + 60, ("start", "done"))
@@ -160,6 +168,7 @@ class Scenarios:
         return m
 
     def scenario_throughput(self, t: Target, rnd: int) -> JsonDict:
+        """GB/s and proxy CPU s/GB up and down through 1 and 8 tunnels: the relay loop alone."""
         s = self.s
         m: JsonDict = {}
         for direction, tunnels in TRANSFERS:
@@ -192,6 +201,8 @@ class Scenarios:
         return m
 
     def scenario_idle(self, t: Target, rnd: int) -> JsonDict:
+        """Proxy memory per open idle tunnel (sensors keep theirs open between messages); then every
+        tunnel must still echo, so a proxy cannot look lean by dropping idle ones."""
         s = self.s
         time.sleep(0.5)  # let the warm-up's closing connections settle out of the proxy
         before = tree_rss_kib(t.pid) if t.pid else (0, 0)
