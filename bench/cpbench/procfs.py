@@ -23,6 +23,8 @@ PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 class ProcStat(NamedTuple):
+    """The fields of /proc/PID/stat the driver uses."""
+
     ppid: int
     start: int  # start time in clock ticks since boot: (pid, start) names a process uniquely
     ticks: int  # utime + stime + cutime + cstime
@@ -63,6 +65,7 @@ def still_running(pid: int, start: int) -> bool:
 
 
 def scan_processes() -> dict[int, ProcStat]:
+    """Every process now, once: a tree or the noise is computed from one consistent view."""
     procs = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit() and (stat := read_stat(int(entry))) is not None:
@@ -126,6 +129,7 @@ class Snapshot:
 
     @staticmethod
     def take(proxy_pid: int | None, client_pids: Sequence[int]) -> Snapshot:
+        """Now: the proxy's whole tree, the given client processes, everyone else's ticks."""
         procs = scan_processes()
         ours = set(tree_in(os.getpid(), procs))
         return Snapshot(

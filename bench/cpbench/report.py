@@ -16,6 +16,9 @@ from .settings import INSTRUCTIONS, SYSCALLS, TRANSFERS, WORKERS_NAME, JsonDict
 
 @dataclass(frozen=True)
 class Metric:
+    """One row of the table: the figure's key in a round's metrics, its label, and which way
+    is better, which decides how rounds are combined and what the last column says."""
+
     key: str
     label: str
     # "higher" or "lower" is better; "info" gives context (is the client or the machine the

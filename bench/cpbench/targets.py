@@ -132,6 +132,8 @@ class Proxies:
         return t
 
     def stop(self, t: Target) -> None:
+        """Stop the instance's whole process tree; count its access log lines (logging was on
+        for every figure) and note an unclean exit."""
         if t.proc is None:
             return
         exited_early = t.proc.poll() is not None  # start() has already said why
