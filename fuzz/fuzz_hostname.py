@@ -12,8 +12,8 @@ import sys
 import atheris  # type: ignore[import-untyped]
 
 with atheris.instrument_imports():
-    from connectproxy.wire.hostnames import normalise_hostname
     from connectproxy.matching.domains import parse_domain_pattern
+    from connectproxy.wire.hostnames import normalise_hostname
 
 _LDH = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 

@@ -12,7 +12,13 @@ import sys
 import atheris  # type: ignore[import-untyped]
 
 with atheris.instrument_imports():
-    from connectproxy.wire.http import Request, RequestError, find_head_end, parse_head, take_request
+    from connectproxy.wire.http import (
+        Request,
+        RequestError,
+        find_head_end,
+        parse_head,
+        take_request,
+    )
 
 STATUSES = (400, 405, 431)
 

@@ -12,14 +12,19 @@ import sys
 import atheris  # type: ignore[import-untyped]
 
 with atheris.instrument_imports():
-    from connectproxy.wire.proxyproto import ProxyHeader, ProxyHeaderError, parse_proxy_header
+    from connectproxy.wire.proxyproto import (
+        ProxyHeader,
+        ProxyHeaderError,
+        ProxyHeaderMode,
+        parse_proxy_header,
+    )
 
-MODES = ("v1", "v2", "any")
+MODES: tuple[ProxyHeaderMode, ...] = ("v1", "v2", "any")
 
 
-def outcome(data: bytes, mode: str) -> ProxyHeader | str | None:
+def outcome(data: bytes, mode: ProxyHeaderMode) -> ProxyHeader | str | None:
     try:
-        return parse_proxy_header(data, mode)  # type: ignore[arg-type]
+        return parse_proxy_header(data, mode)
     except ProxyHeaderError:
         return "error"
 

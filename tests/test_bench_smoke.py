@@ -245,3 +245,17 @@ def test_a_run_under_another_congestion_control_restores_the_systems_own(tmp_pat
     unknown = bench("--congestion-control", "nope")
     assert unknown.returncode == 2 and "is not one of this kernel's" in unknown.stderr
     assert sysctl.read_text().strip() == before
+
+
+def test_a_connectproxy_that_is_not_there_is_refused_before_anything_starts() -> None:
+    """A wrong --connectproxy is a usage error naming the flag, not a traceback mid-run."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--connectproxy", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "--connectproxy: nope is not an executable" in done.stderr
+    assert "Traceback" not in done.stderr

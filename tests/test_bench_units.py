@@ -1,0 +1,121 @@
+"""The benchmark driver's pure parts: size flags, tracer output, CPU accounting, the report.
+
+tests/test_bench_smoke.py runs the whole driver, but a quick run cannot show that a median, a
+ratio or the noise accounting is computed right: a wrong one still prints a plausible table.
+These parts take plain values, so they are checked here on figures worked out by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+from cpbench.cli import parse_size
+from cpbench.procfs import Snapshot, other_ticks
+from cpbench.report import comparison, fmt, markdown, ratios, summarize
+from cpbench.tracers import callgrind_total, strace_calls
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("4G", 4 << 30), ("512M", 512 << 20), ("64MiB", 64 << 20), ("1e9", 10**9), ("8", 8)],
+)
+def test_sizes_take_binary_units(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+def test_a_size_without_a_number_is_refused_by_name() -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="not a size: '12Q'"):
+        parse_size("12Q")
+
+
+STRACE_TABLE = """\
+% time     seconds  usecs/call     calls    errors syscall
+------ ----------- ----------- --------- --------- ----------------
+ 40.00    0.000400           2       200           epoll_wait
+ 30.00    0.000300           1       300        50 read
+ 30.00    0.000300           3       100           connect
+------ ----------- ----------- --------- --------- ----------------
+100.00    0.001000           1       600        50 total
+"""
+
+
+def test_strace_table_gives_calls_per_system_call_without_the_total() -> None:
+    assert strace_calls(STRACE_TABLE) == {"epoll_wait": 200, "read": 300, "connect": 100}
+    assert strace_calls("") == {}
+
+
+def test_callgrind_total_trusts_the_totals_line(tmp_path: Path) -> None:
+    dump = tmp_path / "out.1"
+    dump.write_text("events: Ir\nsummary: 0\nfn=main\n1 5\ntotals: 123456\n")
+    assert callgrind_total(dump) == 123456
+    dump.write_text("events: Ir\nsummary: 777\n")
+    assert callgrind_total(dump) == 777
+    dump.write_text("events: Ir\n")
+    assert callgrind_total(dump) == 0
+
+
+def snapshot(others: dict[tuple[int, int], tuple[int, int]]) -> Snapshot:
+    return Snapshot(t=0.0, proxy_ticks=0, client_ticks=0, others=others, cpus={})
+
+
+def test_noise_counts_only_the_ticks_inside_the_interval() -> None:
+    """A survivor counts its growth, a newcomer counts whole, and a child that exited in
+    between (its lifetime folded into its parent's) counts only what it used after `a`."""
+    a = snapshot({(10, 1): (1, 100), (11, 2): (10, 40), (20, 3): (1, 7)})
+    # Between: 11 used 5 more and exited (10 now holds 100 + 45 + 2 of its own),
+    # 20 used 3, and 30 started and used 4.
+    b = snapshot({(10, 1): (1, 147), (20, 3): (1, 10), (30, 4): (1, 4)})
+    assert other_ticks(a, b) == (147 - 100 - 40) + 3 + 4
+
+
+def test_a_recycled_pid_is_a_new_process() -> None:
+    a = snapshot({(10, 1): (1, 50)})
+    b = snapshot({(10, 9): (1, 6)})
+    assert other_ticks(a, b) == 6
+
+
+def rounds() -> list[dict[str, object]]:
+    figures = {
+        "connectproxy": [(900.0, 0), (1000.0, 1), (1100.0, 0)],
+        "squid": [(500.0, 0), (500.0, 0), (500.0, 2)],
+    }
+    return [
+        {"round": n, "proxy": proxy, "metrics": {"rate.tunnels_per_s": rate, "rate.failed": bad}}
+        for proxy, per_round in figures.items()
+        for n, (rate, bad) in enumerate(per_round, 1)
+    ]
+
+
+def test_figures_are_medians_and_failures_are_sums() -> None:
+    summary = summarize(rounds(), ["connectproxy", "squid"])
+    rate = summary["connectproxy"]["rate.tunnels_per_s"]
+    assert (rate["median"], rate["min"], rate["max"]) == (1000.0, 900.0, 1100.0)
+    assert summary["connectproxy"]["rate.failed"] == {"sum": 1, "values": [0, 1, 0]}
+    assert summary["squid"]["rate.failed"]["sum"] == 2
+    assert ratios(summary, "connectproxy", "squid") == {"rate.tunnels_per_s": 2.0}
+
+
+def test_the_table_shows_medians_spread_ratio_and_direction() -> None:
+    proxies = ["connectproxy", "squid"]
+    summary = summarize(rounds(), proxies)
+    table = markdown(summary, proxies, ratios(summary, *proxies), ("connectproxy", "squid"))
+    assert table.splitlines() == [
+        "| metric | connectproxy | squid | connectproxy/squid | better |",
+        "|---|---|---|---|---|",
+        "| rate: tunnels/s (C clients) | 1,000 ±10% | 500 ±0% | 2.00 | higher |",
+        "| rate: failed exchanges | 1 | 2 | - | 0 |",
+    ]
+
+
+def test_numbers_keep_about_three_figures() -> None:
+    assert [fmt(v) for v in (0, 1234.5, 56.78, 3.14159)] == ["0", "1,234", "56.8", "3.14"]
+
+
+def test_the_ratio_compares_with_squid_or_else_the_most_workers_with_the_fewest() -> None:
+    assert comparison(["connectproxy", "squid"]) == ("connectproxy", "squid")
+    assert comparison(["squid", "direct"]) == ("direct", "squid")
+    workers = ["connectproxy-w4", "connectproxy-w1", "connectproxy-w2"]
+    assert comparison(workers) == ("connectproxy-w4", "connectproxy-w1")
+    assert comparison(["connectproxy"]) is None
