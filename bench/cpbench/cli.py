@@ -24,7 +24,6 @@ from .settings import (
     BENCH_DIR,
     INSTRUCTIONS,
     KNOWN_PROXIES,
-    REPO_DIR,
     SCENARIOS,
     SYSCALLS,
     WORKERS_NAME,
