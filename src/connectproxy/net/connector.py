@@ -1,10 +1,11 @@
 """One way to reach a destination: resolve → filter → connect, directly or through the upstreams.
 
 The server, `doctor` and the tests all open their server-side connections here, so what `doctor`
-reports is what the proxy does (docs/operations.md, "doctor"). Section 4 steps 6–7 of the
-behaviour: resolve once (`destinations.hosts`, then DNS), drop every address in
-`destinations.deny_networks`, connect to exactly the addresses that were checked; or hand the
-target to the upstream chain, which resolves it itself.
+reports is what the proxy does (docs/operations.md, "doctor"). These are the "resolve and check"
+and "connect" steps of docs/configuration.md ("How the keys combine"): resolve once
+(`destinations.hosts`, then DNS), drop every address in `destinations.deny_networks`, connect to
+exactly the addresses that were checked; or hand the target to the upstream chain, which
+resolves it itself.
 """
 
 from __future__ import annotations
@@ -90,8 +91,8 @@ class Connector:
             ) from None
 
     async def addresses(self, target: Target) -> list[IPAddress]:
-        """Step 6: resolve once and drop every denied address; what is left is all `connect`
-        may use."""
+        """Resolve and check: resolve once and drop every denied address; what is left is all
+        `connect` may use."""
         addrs = await resolve(target, self.config)
         usable = usable_addresses(addrs, self.config)
         if not usable:
@@ -99,12 +100,13 @@ class Connector:
         return usable
 
     async def connect(self, usable: list[IPAddress], target: Target) -> Dialed:
-        """Step 7, direct: the first of the checked addresses that answers (Happy Eyeballs)."""
+        """Connect, directly: the first of the checked addresses that answers (Happy Eyeballs)."""
         sock, reached = await open_tcp(usable, target.port)
         return Dialed(sock, endpoint_text(reached, target.port), addresses=usable)
 
     async def through_upstream(self, target: Target) -> Dialed:
-        """Step 7 through the upstream chain, with its failover and cool-downs (section 6)."""
+        """Connect through the upstream chain, with its failover and cool-downs
+        (docs/configuration.md, "upstream")."""
         assert self.upstreams is not None
         timeout = self.config.timeouts.connect
         sock, early, proxy = await self.upstreams.open(target, timeout, self.upstream_failed)

@@ -1,4 +1,4 @@
-"""Chaining: opening the tunnel through an upstream proxy (SPEC section 6).
+"""Chaining: opening the tunnel through an upstream proxy (docs/configuration.md, "upstream").
 
 The upstream is trusted by configuration: it resolves the destination (we do no DNS for tunnels it
 carries) and `deny_networks` does not apply to its own address. It gets our CONNECT with its own

@@ -57,7 +57,8 @@ def get_logger() -> Any:
 # defaults are declared twice; the dataclass still gives equality, repr and `replace`.
 @dataclass(slots=True, init=False)
 class AccessRecord:
-    """Everything section 8 asks of one client connection. `None` becomes JSON null."""
+    """Every field of one client connection's access-log line (docs/operations.md, "Access
+    log"). `None` becomes JSON null."""
 
     start: float  # wall-clock time the connection was accepted
     client_addr: str

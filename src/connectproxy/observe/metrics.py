@@ -1,4 +1,4 @@
-"""Prometheus series of SPEC section 8: the only mutable global state the product has.
+"""The Prometheus series (docs/operations.md, "Metrics"): the only mutable global state we have.
 
 The tunnel hot path never touches these. Tunnels keep plain integer byte counts; the server adds
 their growth to the counters every few seconds and once more at close, so a long tunnel's bytes
@@ -196,7 +196,8 @@ class Metrics:
         self.handshake_failures.labels(reason).inc()
 
     def upstream_failed(self, upstream: str) -> None:
-        """An attempt to use this upstream proxy failed (it cools down; section 6)."""
+        """An attempt to use this upstream proxy failed; it cools down (docs/configuration.md,
+        "upstream")."""
         self.upstream_failures.labels(upstream).inc()
 
     def reloaded(self, result: str) -> None:

@@ -83,9 +83,9 @@ def _deny(
 
 
 def admit(source: Source, credentials: Credentials | None, config: Config) -> Decision:
-    """Section 4 step 4. Credentials, when sent, decide alone: wrong ones are refused even from
-    an admitted network, so a sensor with a stale password is noticed instead of silently
-    falling back to its network admission."""
+    """Admission (docs/configuration.md, "How the keys combine"). Credentials, when sent, decide
+    alone: wrong ones are refused even from an admitted network, so a sensor with a stale
+    password is noticed instead of silently falling back to its network admission."""
     if credentials is not None:
         user = credentials.user
         if not credentials.valid:
@@ -113,7 +113,7 @@ def admit(source: Source, credentials: Credentials | None, config: Config) -> De
 
 
 def destination_allowed(target: Target, config: Config) -> tuple[bool, str]:
-    """Section 4 step 5 without the report-mode twist: is the target on the allowlist?"""
+    """The destination step without the report-mode twist: is the target on the allowlist?"""
     allow = config.allow
     if target.ip is not None:
         if in_networks(normalise(target.ip), allow.network_set):
@@ -137,7 +137,7 @@ def route_for(target: Target, config: Config) -> Route:
 def destination(
     target: Target, config: Config, client: str | None = None, user: str | None = None
 ) -> Decision:
-    """Step 5 of section 4 for an admitted identity: port, then host or address. `doctor` asks
+    """The destination step for an admitted identity: port, then host or address. `doctor` asks
     this too, so it reports the proxy's own verdict."""
     if target.port not in config.allow.ports:
         return _deny(403, "forbidden", f"port {target.port} not allowed", client, user)
@@ -159,7 +159,7 @@ def destination(
 def decide(
     target: Target, source: Source, credentials: Credentials | None, config: Config
 ) -> Decision:
-    """Steps 4 and 5 of section 4, in order; the first failing step answers."""
+    """Admission, then the destination; the first failing step answers."""
     admitted = admit(source, credentials, config)
     if not admitted.allowed:
         return admitted
@@ -167,7 +167,8 @@ def decide(
 
 
 def usable_addresses(addrs: list[IPAddress], config: Config) -> list[IPAddress]:
-    """Step 6: drop every resolved address in `destinations.deny_networks`, keeping order.
+    """Resolve and check: drop every resolved address in `destinations.deny_networks`, keeping
+    order.
 
     The tunnel connects to exactly what this returns, so a DNS answer cannot change between the
     check and the connect."""

@@ -1,4 +1,4 @@
-"""The `connectproxy` command line (SPEC section 2).
+"""The `connectproxy` command line (docs/operations.md, "Commands and exit codes").
 
 Every user mistake ends here as one clear line on stderr and exit status 2, never a traceback.
 """

@@ -153,7 +153,7 @@ class _Probe:
         return self.result
 
     def _check_policy(self) -> None:
-        """Section 4 step 5 as the proxy decides it; admission (step 4) is about the client, and
+        """The destination step as the proxy decides it; admission is about the client, and
         doctor is not one."""
         decision = destination(self.target, self.config)
         if not decision.allowed:

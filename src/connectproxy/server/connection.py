@@ -1,8 +1,9 @@
 """One client connection, accept to access-log line, in the order of the request steps.
 
 `Flow.serve` reads top to bottom as docs/configuration.md ("How a request is decided") lists the
-steps: PROXY header, per-source limit, TLS handshake, request head (step 1–3), credentials and the
-decision (4–5), the connector (6–7), the 200 (8), then the tunnel. Every refusal on the way is a
+steps: PROXY header, per-source limit, TLS handshake, request head, credentials and the
+decision (admission, destination, route), the connector (resolve, check, connect), the 200, then
+the tunnel. Every refusal on the way is a
 `Refusal` (connectproxy/outcome.py) carrying its status, outcome and reason; one handler answers
 it and one `finally` closes and records, whichever way the connection ends.
 

@@ -33,9 +33,9 @@ PROXY_AUTHENTICATE: tuple[tuple[str, str], ...] = (
 )
 ALLOW_CONNECT: tuple[tuple[str, str], ...] = (("Allow", "CONNECT"),)
 
-# The statuses this proxy answers with (SPEC section 4). Our own table rather than the standard
-# library's `http.HTTPStatus`: this module is itself named `http`, and a type checker run on the
-# file alone would resolve `http` to it.
+# The statuses this proxy answers with (docs/configuration.md, "How the keys combine"). Our own
+# table rather than the standard library's `http.HTTPStatus`: this module is itself named
+# `http`, and a type checker run on the file alone would resolve `http` to it.
 _PHRASES = MappingProxyType(
     {
         400: "Bad Request",
@@ -172,9 +172,10 @@ def take_request(buf: bytes, max_bytes: int) -> tuple[Request, bytes] | None:
 
 
 def parse_head(head: bytes) -> Request:
-    """Parse a complete head (request line, header lines, blank line) in SPEC section 4 order.
+    """Parse a complete head (request line, header lines, blank line) in the order of the
+    request steps (docs/configuration.md, "How the keys combine: one request, step by step").
 
-    Step 1 (syntax, 400) covers the whole head before step 2 (method, 405) and step 3 (target,
+    Syntax (400) covers the whole head before the method (405) and the target (400; see
     400), so a client always learns about the first thing wrong in that order. Total: any bytes
     give a Request or a RequestError.
     """
@@ -296,7 +297,7 @@ def _check_no_body(headers: tuple[tuple[str, str], ...]) -> None:
 
 @functools.lru_cache(maxsize=1024)
 def parse_target(authority: str) -> Target:
-    """`host:port` or `[ipv6]:port` (SPEC section 4 step 3); anything else is RequestError(400).
+    """`host:port` or `[ipv6]:port` (request step 3); anything else is RequestError(400).
 
     Cached: sensors ask for the same few endpoints over and over, and a Target is immutable, so
     a repeated authority costs a dictionary lookup instead of the checks below. Errors are not
