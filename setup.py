@@ -34,8 +34,11 @@ COMPILED = [
     "src/connectproxy/server/listening.py",
     "src/connectproxy/server/server.py",
     "src/connectproxy/server/tunnels.py",
+    "src/connectproxy/tunnel/pipes.py",
+    "src/connectproxy/tunnel/poller.py",
     "src/connectproxy/tunnel/splice.py",
     "src/connectproxy/wire/http.py",
+    "src/connectproxy/wire/responses.py",
 ]
 
 

@@ -22,7 +22,7 @@ import trustme
 import yaml
 
 from connectproxy.configfile.load import ConfigError, load_default
-from connectproxy.process import doctor
+from connectproxy.process import doctor, doctor_cli
 from tests.conftest import ProxyFactory
 from tests.support import LOOPBACK_OK_DENY, HTTPSOrigin
 
@@ -57,7 +57,7 @@ def write_config(tmp_path: Path, config: dict[str, Any], name: str = "doctor.yam
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     parser = argparse.ArgumentParser(prog="connectproxy")
     sub = parser.add_subparsers(dest="command", required=True)
-    doctor.add_doctor_parser(sub)
+    doctor_cli.add_doctor_parser(sub)
     args = parser.parse_args(["doctor", *argv])
     code = args.func(args)
     out, err = capsys.readouterr()

@@ -17,18 +17,20 @@ from hypothesis import strategies as st
 
 from connectproxy.wire.hostnames import normalise_hostname
 from connectproxy.wire.http import (
-    ALLOW_CONNECT,
-    ESTABLISHED,
-    PROXY_AUTHENTICATE,
     Request,
     RequestError,
     Target,
-    error_response,
     find_head_end,
     parse_basic_credentials,
     parse_head,
     parse_target,
     take_request,
+)
+from connectproxy.wire.responses import (
+    ALLOW_CONNECT,
+    ESTABLISHED,
+    PROXY_AUTHENTICATE,
+    error_response,
 )
 
 LIMIT = 8192

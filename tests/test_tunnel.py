@@ -12,7 +12,9 @@ import time
 import pytest
 
 from connectproxy.net.busypoll import BusyPoll
-from connectproxy.tunnel.splice import CHUNK, PipePool, Poller, Tunnel, splice_available
+from connectproxy.tunnel.pipes import PipePool
+from connectproxy.tunnel.poller import Poller
+from connectproxy.tunnel.splice import CHUNK, Tunnel, splice_available
 
 MODES = ["splice", "copy"] if splice_available else ["copy"]
 

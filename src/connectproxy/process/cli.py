@@ -19,7 +19,7 @@ from connectproxy.config.model import Config
 from connectproxy.configfile.load import ConfigError, config_from_mapping, load_config, summarize
 from connectproxy.credentials.passwords import hash_password
 from connectproxy.policy.decide import Credentials, Source, decide, usable_addresses
-from connectproxy.process.doctor import add_doctor_parser
+from connectproxy.process.doctor_cli import add_doctor_parser
 from connectproxy.wire.http import RequestError, parse_target
 
 

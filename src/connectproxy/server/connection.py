@@ -39,15 +39,12 @@ from connectproxy.server.limits import TOO_MANY_FROM_SOURCE, SourceCounts, overl
 from connectproxy.server.listening import Listening
 from connectproxy.server.tunnels import Tunnels
 from connectproxy.wire import proxyproto
-from connectproxy.wire.http import (
+from connectproxy.wire.http import Request, RequestError, parse_basic_credentials, take_request
+from connectproxy.wire.responses import (
     ALLOW_CONNECT,
     ESTABLISHED,
     PROXY_AUTHENTICATE,
-    Request,
-    RequestError,
     error_response,
-    parse_basic_credentials,
-    take_request,
 )
 
 

@@ -32,7 +32,7 @@ from connectproxy.server.listening import (
     raise_fd_limit,
 )
 from connectproxy.server.tunnels import Tunnels
-from connectproxy.wire.http import error_response
+from connectproxy.wire.responses import error_response
 
 ACCEPT_BATCH = 64  # accepts per readiness event, so one busy listener cannot starve the loop
 LOG_FLUSH_INTERVAL = 1.0  # seconds between writes of buffered access-log lines

@@ -12,7 +12,9 @@ from collections.abc import Callable
 from connectproxy.net.busypoll import BusyPoll
 from connectproxy.observe.logs import AccessRecord
 from connectproxy.observe.metrics import ClientSeries, Metrics
-from connectproxy.tunnel.splice import CHUNK, PipePool, Poller, Tunnel, splice_available
+from connectproxy.tunnel.pipes import PipePool
+from connectproxy.tunnel.poller import Poller
+from connectproxy.tunnel.splice import CHUNK, Tunnel, splice_available
 
 BYTES_FLUSH_INTERVAL = 2.0  # seconds between moves of live tunnel byte counts into metrics
 

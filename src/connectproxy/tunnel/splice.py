@@ -16,150 +16,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import os
-import select
 import socket
 import ssl
 from collections.abc import Callable
 from typing import Protocol
 
 from connectproxy.net.busypoll import BusyPoll
+from connectproxy.tunnel.pipes import PipePool
+from connectproxy.tunnel.poller import Poller
 
 CHUNK = 1 << 16  # copy mode: bytes per read into the shared buffer
-PIPE_SIZE = 1 << 20  # splice mode: bytes per read into a pipe (Linux's default pipe-max-size)
 _SPLICE = getattr(os, "splice", None)
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 splice_available = _SPLICE is not None
-
-
-class Poller:
-    """One epoll set for every tunnel socket, itself watched by the event loop.
-
-    Why not `loop.add_reader` per socket: when the kernel reports an error on a socket (a peer's
-    reset right after its last bytes), libuv closes the watcher without calling the callback, so
-    the tunnel would never learn of the reset and would sit until the idle timeout. Here
-    EPOLLERR/EPOLLHUP are delivered to both callbacks, whose next read or write sees the error.
-    It also costs one epoll_ctl per change instead of a watcher created and destroyed each time.
-    The interface is the loop's: add_reader/remove_reader/add_writer/remove_writer, plus `forget`,
-    which whoever closes a descriptor must call first (the Tunnel does)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._epoll = select.epoll()
-        self._readers: dict[int, Callable[[], None]] = {}
-        self._writers: dict[int, Callable[[], None]] = {}
-        self._loop = loop
-        loop.add_reader(self._epoll.fileno(), self._dispatch)
-
-    def _mask(self, fd: int) -> int:
-        """What the kernel's set holds for `fd`: the callbacks are the record of it, so each
-        change is one epoll_ctl that does not fail (trying MOD first on a new descriptor cost a
-        failed system call and an exception per socket)."""
-        return (select.EPOLLIN if fd in self._readers else 0) | (
-            select.EPOLLOUT if fd in self._writers else 0
-        )
-
-    def _update(self, fd: int, had: int) -> None:
-        mask = self._mask(fd)
-        if mask == had:
-            return
-        try:
-            if not mask:
-                self._epoll.unregister(fd)
-            elif not had:
-                self._epoll.register(fd, mask)
-            else:
-                self._epoll.modify(fd, mask)
-        except OSError:
-            # The kernel's set disagrees with the record (the descriptor was closed, or closed
-            # and its number reused): start this number over.
-            with contextlib.suppress(OSError):
-                self._epoll.unregister(fd)
-            if mask:
-                with contextlib.suppress(OSError):
-                    self._epoll.register(fd, mask)
-
-    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
-        had = self._mask(fd)
-        self._readers[fd] = callback
-        self._update(fd, had)
-
-    def remove_reader(self, fd: int) -> None:
-        had = self._mask(fd)
-        if self._readers.pop(fd, None) is not None:
-            self._update(fd, had)
-
-    def add_writer(self, fd: int, callback: Callable[[], None]) -> None:
-        had = self._mask(fd)
-        self._writers[fd] = callback
-        self._update(fd, had)
-
-    def remove_writer(self, fd: int) -> None:
-        had = self._mask(fd)
-        if self._writers.pop(fd, None) is not None:
-            self._update(fd, had)
-
-    def forget(self, fd: int) -> None:
-        """Right before `fd` is closed: drop its callbacks, so none outlives the descriptor and
-        misleads the next socket that gets the same number. The kernel takes a closed socket out
-        of the epoll set by itself (tunnel sockets are never duplicated, so the close is the
-        last reference), which saves an epoll_ctl per socket."""
-        self._readers.pop(fd, None)
-        self._writers.pop(fd, None)
-
-    def _dispatch(self) -> None:
-        errors = select.EPOLLERR | select.EPOLLHUP
-        for fd, events in self._epoll.poll(0, 1024):
-            # Look callbacks up per event: an earlier callback may have closed this descriptor.
-            if events & (select.EPOLLIN | errors):
-                reader = self._readers.get(fd)
-                if reader is not None:
-                    reader()
-            if events & (select.EPOLLOUT | errors):
-                writer = self._writers.get(fd)
-                if writer is not None:
-                    writer()
-
-    def close(self) -> None:
-        self._loop.remove_reader(self._epoll.fileno())
-        self._epoll.close()
-
-
-class PipePool:
-    """Pipes lent to a tunnel direction while a chunk is in flight, then taken back.
-
-    A pipe is only returned empty, so any tunnel can reuse it. The pool keeps a few spares so a
-    busy proxy does not create and close a pipe per chunk."""
-
-    def __init__(self, keep: int = 64) -> None:
-        self._free: list[tuple[int, int, int]] = []
-        self._keep = keep
-
-    def take(self) -> tuple[int, int, int]:
-        """A pipe (read end, write end, capacity)."""
-        if self._free:
-            return self._free.pop()
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            size = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            size = fcntl.fcntl(w, fcntl.F_GETPIPE_SZ)  # a smaller pipe: more system calls per MB
-        return r, w, size
-
-    def give(self, pipe: tuple[int, int, int]) -> None:
-        if len(self._free) < self._keep:
-            self._free.append(pipe)
-        else:
-            os.close(pipe[0])
-            os.close(pipe[1])
-
-    def close(self) -> None:
-        for r, w, _ in self._free:
-            os.close(r)
-            os.close(w)
-        self._free.clear()
 
 
 class Tunnel:

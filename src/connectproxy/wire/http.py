@@ -1,4 +1,4 @@
-"""Sans-IO parsing of the one CONNECT request a client sends, and the bytes we answer with.
+"""Sans-IO parsing of the one CONNECT request a client sends (the answers are responses.py).
 
 Sans-IO because the server owns the socket, the handshake timeout and the byte limit; the parser
 is then a pure function of bytes, so every hostile input can be pinned down in a test table and
@@ -21,43 +21,17 @@ import binascii
 import functools
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
-from types import MappingProxyType
 from typing import NoReturn
 
 from connectproxy.outcome import Outcome, Refusal
 from connectproxy.wire.hostnames import normalise_hostname
-
-ESTABLISHED: bytes = b"HTTP/1.1 200 Connection established\r\n\r\n"
-PROXY_AUTHENTICATE: tuple[tuple[str, str], ...] = (
-    ("Proxy-Authenticate", 'Basic realm="connectproxy"'),
-)
-ALLOW_CONNECT: tuple[tuple[str, str], ...] = (("Allow", "CONNECT"),)
-
-# The statuses this proxy answers with (docs/configuration.md, "How the keys combine"). Our own
-# table rather than the standard library's `http.HTTPStatus`: this module is itself named
-# `http`, and a type checker run on the file alone would resolve `http` to it.
-_PHRASES = MappingProxyType(
-    {
-        400: "Bad Request",
-        403: "Forbidden",
-        405: "Method Not Allowed",
-        407: "Proxy Authentication Required",
-        408: "Request Timeout",
-        431: "Request Header Fields Too Large",
-        500: "Internal Server Error",
-        502: "Bad Gateway",
-        503: "Service Unavailable",
-        504: "Gateway Timeout",
-    }
-)
+from connectproxy.wire.responses import TCHARS, VCHARS
 
 _HEAD_END = b"\r\n\r\n"
 _VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
 
 # Byte classes, used with bytes.translate(None, delete=...): deleting every allowed byte leaves
 # exactly the offending ones, a single C-level pass with no regex and no backtracking.
-_TCHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_VCHARS = bytes(range(0x21, 0x7F))
 # Anywhere in a head: HTAB, CR, LF (their placement is checked separately), printable ASCII and
 # obs-text. Everything else (NUL, the other C0 controls, DEL) can never be part of a valid head.
 _HEAD_BYTES = b"\t\r\n" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
@@ -243,14 +217,14 @@ def _check_request_line(line: bytes, *, complete: bool) -> tuple[bytes, bytes, b
     method = parts[0]
     if (complete or len(parts) > 1) and not method:
         raise RequestError(400, "request line is not 'METHOD target HTTP/1.x'")
-    if method.translate(None, _TCHARS):
+    if method.translate(None, TCHARS):
         raise RequestError(400, "request method is not a token")
     if len(parts) == 1:
         return method, b"", b""
     target = parts[1]
     if (complete or len(parts) > 2) and not target:
         raise RequestError(400, "request line is not 'METHOD target HTTP/1.x'")
-    if target.translate(None, _VCHARS):
+    if target.translate(None, VCHARS):
         raise RequestError(400, "request target contains a non-ASCII or control byte")
     if len(parts) == 2:
         return method, target, b""
@@ -270,7 +244,7 @@ def _parse_header_line(line: bytes) -> tuple[str, str]:
         raise RequestError(400, "header line without a colon")
     if not name:
         raise RequestError(400, "header line with an empty name")
-    if name.translate(None, _TCHARS):
+    if name.translate(None, TCHARS):
         if name.endswith((b" ", b"\t")):
             raise RequestError(400, "whitespace between a header name and its colon")
         raise RequestError(400, "header name is not a token")
@@ -412,33 +386,3 @@ def parse_basic_credentials(value: str) -> tuple[str, str] | None:
     if any(ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F for char in decoded):
         return None
     return user, password
-
-
-def error_response(
-    status: int, reason: str, extra_headers: tuple[tuple[str, str], ...] = ()
-) -> bytes:
-    """The complete answer for a refused request; the connection is closed after it.
-
-    The reason becomes a one-line ASCII body whatever it holds (it may carry text from an
-    upstream), so it can neither break the framing nor inject headers. Extra headers come from
-    our own code; an invalid one is a programming error and raises ValueError.
-    """
-    phrase = _PHRASES.get(status)
-    if phrase is None:
-        raise ValueError(f"no error response is defined for HTTP status {status}")
-    line = "".join(char if char.isascii() and char.isprintable() else " " for char in reason)
-    body = (" ".join(line.split()) + "\n").encode("ascii")
-    head = [
-        f"HTTP/1.1 {status} {phrase}",
-        "Content-Type: text/plain",
-        f"Content-Length: {len(body)}",
-    ]
-    for name, value in extra_headers:
-        encoded_name, encoded_value = name.encode("ascii"), value.encode("ascii")
-        if not encoded_name or encoded_name.translate(None, _TCHARS):
-            raise ValueError(f"invalid header name {name!r}")
-        if encoded_value.translate(None, _VCHARS + b" \t"):
-            raise ValueError(f"invalid value for header {name!r}")
-        head.append(f"{name}: {value}")
-    head.append("Connection: close")
-    return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
