@@ -8,7 +8,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 PURE_VENV := .venv-pure
 SOURCES := $(shell find src -name '*.py' -o -name '*.yaml' -o -name py.typed) setup.py pyproject.toml
-EXTRAS := .[test,bcrypt]
+# The run-time and test dependencies, read from pyproject.toml: installing them by name keeps pip
+# from preparing the package's metadata a second time (which runs mypyc once more).
+DEPS = $(1)/bin/python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+	print(*p["dependencies"], *p["optional-dependencies"]["test"], *p["optional-dependencies"]["bcrypt"], sep="\n")'
 
 .PHONY: run test suite test-pure test-long soak fuzz lint typecheck bench clean
 
@@ -18,16 +21,16 @@ $(BIN)/.installed: $(SOURCES)
 	rm -rf build
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(call DEPS,$(VENV)) | $(BIN)/pip install --quiet -r /dev/stdin
 	$(BIN)/pip install --quiet --force-reinstall --no-deps .
-	$(BIN)/pip install --quiet '$(EXTRAS)'
 	touch $@
 
 $(PURE_VENV)/bin/.installed: $(SOURCES)
 	rm -rf build
 	test -x $(PURE_VENV)/bin/python || $(PYTHON) -m venv $(PURE_VENV)
 	$(PURE_VENV)/bin/pip install --quiet --upgrade pip
+	$(call DEPS,$(PURE_VENV)) | $(PURE_VENV)/bin/pip install --quiet -r /dev/stdin
 	CONNECTPROXY_PURE_PYTHON=1 $(PURE_VENV)/bin/pip install --quiet --force-reinstall --no-deps .
-	CONNECTPROXY_PURE_PYTHON=1 $(PURE_VENV)/bin/pip install --quiet '$(EXTRAS)'
 	touch $@
 
 ## Serve on the embedded default config (or CONFIG=path/to/file.yaml).
