@@ -22,13 +22,13 @@ from connectproxy.observe.logs import AccessLog, get_logger, setup_logging
 from connectproxy.observe.metrics import Metrics
 from connectproxy.observe.ops import OpsServer
 from connectproxy.process.sdnotify import Notifier
-from connectproxy.server.connection import Policy
+from connectproxy.server.connection import Loaded
 from connectproxy.server.server import Server
 
 ConfigLoader = Callable[[], Config]
 
 
-def build_policy(config: Config) -> Policy:
+def build_loaded(config: Config) -> Loaded:
     """Raises ConfigError when the htpasswd file cannot be used."""
     try:
         auth = Authenticator(config.users, config.htpasswd_file)
@@ -43,7 +43,7 @@ def build_policy(config: Config) -> Policy:
             raise ConfigError(
                 config.source, "upstream.proxies", None, f"cannot load a TLS file: {exc}"
             ) from None
-    return Policy(config, auth, upstreams)
+    return Loaded(config, auth, upstreams)
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class App:
     def __init__(
         self, config: Config, load: ConfigLoader, registry: CollectorRegistry, role: Role
     ) -> None:
-        policy = build_policy(config)
+        loaded = build_loaded(config)
         self.config = config
         self.load = load
         self.registry = registry
@@ -75,7 +75,7 @@ class App:
         self.ready = False
         self.metrics = Metrics(registry)
         self.access_log = AccessLog(config.log, report_mode=config.allow.mode == "report")
-        self.server = Server(policy, self.metrics, self.access_log, reuse_port=role.reuse_port)
+        self.server = Server(loaded, self.metrics, self.access_log, reuse_port=role.reuse_port)
         self.ops: OpsServer | None = None
         self.notifier = Notifier() if role.notify else Notifier({})
         self._background: list[asyncio.Task[None]] = []
@@ -135,7 +135,7 @@ class App:
         self.notifier.reloading()
         try:
             config = self.load()
-            policy = build_policy(config)
+            loaded = build_loaded(config)
         except ConfigError as exc:
             if self.role.count_reloads:
                 self.metrics.reloaded("failure")
@@ -144,7 +144,7 @@ class App:
             return
         old = self.config
         self.config = config
-        self.server.swap_policy(policy)
+        self.server.swap_config(loaded)
         self.server.update_listeners(config.listen)
         self.access_log.report_mode = config.allow.mode == "report"
         self.access_log.reopen()

@@ -49,7 +49,7 @@ from connectproxy.wire.responses import (
 
 
 @dataclass(frozen=True)
-class Policy:
+class Loaded:
     """A config and what is built from it (authenticator, upstreams with their TLS contexts),
     swapped together on reload; a connection keeps the one it started with."""
 
@@ -84,11 +84,11 @@ class Flow:
         sock: socket.socket,
         peer: Any,
         entry: Listening,
-        policy: Policy,
+        loaded: Loaded,
         connector: Connector,
     ) -> None:
         """`peer` is the accepted socket's address: (host, port) for IPv4, a 4-tuple for IPv6."""
-        config = policy.config
+        config = loaded.config
         listener = entry.listener
         began = time.perf_counter()  # the loop's clock ticks in whole milliseconds
         rec = AccessRecord(
@@ -143,7 +143,7 @@ class Flow:
 
             target = request.target
             rec.target = target.authority
-            credentials = await _credentials(request, policy.auth)
+            credentials = await _credentials(request, loaded.auth)
             source = Source(source_addr, source_port, tls_names)
             decision = decide(target, source, credentials, config)
             rec.client, rec.user = decision.client, decision.user

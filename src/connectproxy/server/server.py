@@ -21,7 +21,7 @@ from connectproxy.net.connector import Connector
 from connectproxy.net.deadlines import Deadlines
 from connectproxy.observe.logs import AccessLog, AccessRecord, get_logger
 from connectproxy.observe.metrics import Metrics
-from connectproxy.server.connection import Flow, Policy, send_quietly
+from connectproxy.server.connection import Flow, Loaded, send_quietly
 from connectproxy.server.limits import TOO_MANY, SourceCounts
 from connectproxy.server.listening import (
     NODELAY_INHERITED,
@@ -40,7 +40,7 @@ LOG_FLUSH_INTERVAL = 1.0  # seconds between writes of buffered access-log lines
 
 @dataclass
 class Server:
-    policy: Policy
+    loaded: Loaded
     metrics: Metrics
     access_log: AccessLog
     reuse_port: bool = False
@@ -66,18 +66,18 @@ class Server:
             self.sources,
             self._connection_closed,
         )
-        self.connector = self._connector(self.policy)
+        self.connector = self._connector(self.loaded)
         self._log_flusher: asyncio.TimerHandle | None = None
         self.fd_limit = raise_fd_limit()  # once: the hard limit does not change while we run
-        self.apply_limits(self.policy.config)
+        self.apply_limits(self.loaded.config)
 
     @property
     def config(self) -> Config:
-        return self.policy.config
+        return self.loaded.config
 
-    def _connector(self, policy: Policy) -> Connector:
+    def _connector(self, loaded: Loaded) -> Connector:
         failed = self.metrics.upstream_failed
-        return Connector(policy.config, policy.upstreams, self.deadlines, failed)
+        return Connector(loaded.config, loaded.upstreams, self.deadlines, failed)
 
     def apply_limits(self, config: Config) -> None:
         capacity = connection_capacity(self.fd_limit)
@@ -204,7 +204,7 @@ class Server:
         self.connections += 1
         self.metrics.connection_opened()
         task = self.loop.create_task(
-            self.flow.serve(sock, peer, entry, self.policy, self.connector)
+            self.flow.serve(sock, peer, entry, self.loaded, self.connector)
         )
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -239,14 +239,14 @@ class Server:
 
     # ---- reload and shutdown ----------------------------------------------------------------
 
-    def swap_policy(self, policy: Policy) -> None:
-        """New requests use `policy`; running connections keep the one they started with."""
-        old = self.policy
-        self.policy = policy
-        self.connector = self._connector(policy)
-        self.apply_limits(policy.config)
-        if old.auth is not policy.auth:
-            # Requests that began under the old policy may still be checking a password with it.
+    def swap_config(self, loaded: Loaded) -> None:
+        """New requests use `loaded`; running connections keep the one they started with."""
+        old = self.loaded
+        self.loaded = loaded
+        self.connector = self._connector(loaded)
+        self.apply_limits(loaded.config)
+        if old.auth is not loaded.auth:
+            # Requests that began under the old config may still be checking a password with it.
             self.loop.call_later(old.config.timeouts.handshake + 5.0, old.auth.close)
 
     async def drain(self, grace: float) -> None:
@@ -269,6 +269,6 @@ class Server:
         self.stop_listening()
         self.tunnels.close()
         self.deadlines.close()
-        self.policy.auth.close()
+        self.loaded.auth.close()
         self.access_log.flush()
         self.metrics.flush()
