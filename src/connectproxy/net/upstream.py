@@ -45,16 +45,16 @@ def connect_head(proxy: UpstreamProxy, target: Target) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-class _Unusable(DialError):
+class _Unusable(Exception):
     """This upstream could not be used (connect, TLS, or a garbled answer): try the next one.
-    The status and outcome are what the client gets if no upstream is left."""
+
+    Not a `Refusal`: it never reaches the client. `Upstreams.open` turns the failures of every
+    upstream into one DialError. (It could not subclass DialError anyway: DialError is compiled
+    (setup.py), and an interpreted class cannot subclass a compiled one.)"""
 
     def __init__(self, reason: str, timed_out: bool = False) -> None:
-        if timed_out:
-            super().__init__(504, "connect_timeout", reason)
-        else:
-            super().__init__(502, "connect_failed", reason)
-        self.args = (reason, timed_out)
+        super().__init__(reason, timed_out)
+        self.reason = reason
         self.timed_out = timed_out
 
 
