@@ -24,13 +24,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import trustme
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectproxy.credentials.passwords import hash_password
+
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the repository, whatever folder a test is in
+DATA = REPO_ROOT / "tests" / "data"  # files the tests read: squid.conf samples, htpasswd files
 
 LOOPBACK_OK_DENY = ["0.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4"]  # default minus 127/8, ::1
 
@@ -116,66 +119,74 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return buf
 
 
-class OriginServer(socketserver.ThreadingTCPServer):
+class ThreadedServer(socketserver.ThreadingTCPServer):
+    """The base of every test server: a thread per connection on a free loopback port, started by
+    `with` and stopped (shutdown, close, join) when the block ends. Subclasses give the handler and
+    the state it records; `stopping` runs first on exit, to release handlers that wait."""
+
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        handler: type[socketserver.BaseRequestHandler],
+        host: str = "127.0.0.1",
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         if ":" in host:
             self.address_family = socket.AF_INET6
         self.tls = tls
-        self.connections = 0
-        self.results: list[str] = []
-        self.stop_waiting = threading.Event()
-        super().__init__((host, 0), _OriginHandler)
+        super().__init__((host, 0), handler)
         self.port = int(self.server_address[1])
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     def get_request(self) -> tuple[Any, Any]:
+        """Accepted connections of a TLS server are wrapped; the handshake runs in the handler's
+        thread, on its first read."""
         sock, addr = super().get_request()
         if self.tls is not None:
-            sock = self.tls.wrap_socket(sock, server_side=True)
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         return sock, addr
 
-    def __enter__(self) -> OriginServer:
+    def stopping(self) -> None:
+        """Called before the shutdown; a server whose handlers may block releases them here."""
+
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop_waiting.set()
+        self.stopping()
         self.shutdown()
         self.server_close()
         self._thread.join(5)
 
 
-class HTTPSOrigin(socketserver.ThreadingTCPServer):
+class OriginServer(ThreadedServer):
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
+        self.connections = 0
+        self.results: list[str] = []
+        self.stop_waiting = threading.Event()
+        super().__init__(_OriginHandler, host, tls)
+
+    def stopping(self) -> None:
+        self.stop_waiting.set()
+
+
+class HTTPSOrigin(ThreadedServer):
     """A TLS origin that answers any GET with a fixed body; curl's target in tests."""
 
-    daemon_threads = True
-    allow_reuse_address = True
     body = b"hello from the origin\n"
 
     def __init__(self, tls: ssl.SSLContext) -> None:
-        self.tls = tls
-        super().__init__(("127.0.0.1", 0), _HTTPSHandler)
-        self.port = int(self.server_address[1])
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
-
-    def __enter__(self) -> HTTPSOrigin:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
-        self.server_close()
-        self._thread.join(5)
+        super().__init__(_HTTPSHandler, tls=tls)
 
 
 class _HTTPSHandler(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         server: HTTPSOrigin = self.server  # type: ignore[assignment]
         try:
-            with server.tls.wrap_socket(self.request, server_side=True) as tls:
+            with self.request as tls:  # wrapped by ThreadedServer.get_request
                 head = b""
                 while b"\r\n\r\n" not in head:
                     data = tls.recv(4096)
@@ -442,8 +453,9 @@ def read_head(sock: socket.socket) -> bytes:
             return data
         data += chunk
     if status_of(data) != 200:
-        while chunk := sock.recv(4096):
-            data += chunk
+        with contextlib.suppress(OSError):  # a reset after the answer ends the body too
+            while chunk := sock.recv(4096):
+                data += chunk
     return data
 
 

@@ -28,6 +28,7 @@ import pytest
 from tests.conftest import ProxyFactory
 from tests.support import (
     LOOPBACK_OK_DENY,
+    REPO_ROOT,
     OriginServer,
     ProxyProcess,
     echo_exchange,
@@ -38,7 +39,7 @@ from tests.support import (
 )
 
 SENSOR = "sensor.azure-devices.net"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 
 
 def config_for(port: int, **overrides: Any) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """The allowlist bypass corpus: hostile request heads sent over real sockets to a live proxy whose
 origin records every connection it receives. None of them may reach it.
 
-tests/test_http.py pins the parser's verdict on each hostile form in memory; this file checks the
-whole chain a packet goes through (accept, read loop, parser, admission, allowlist, resolver, dial)
-with a destination that is really there. The proxy is set up so that a bypass would succeed:
-every host name in the corpus, allowed or not, is mapped to the loopback origin in
+tests/unit/wire/test_http.py pins the parser's verdict on each hostile form in memory; this file
+checks the whole chain a packet goes through (accept, read loop, parser, admission, allowlist,
+resolver, dial) with a destination that is really there. The proxy is set up so that a bypass would
+succeed: every host name in the corpus, allowed or not, is mapped to the loopback origin in
 `destinations.hosts`, loopback is not in `deny_networks`, and the origin listens on the same port
 at 127.0.0.1, 127.0.0.2 and ::1. So the only thing between a hostile head and the origin is the
 proxy's own judgement, and the positive controls show that a proper head does get through.

@@ -22,8 +22,9 @@ import pytest
 import trustme
 
 from connectproxy.net import sockio
+from tests.support import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:

@@ -35,8 +35,9 @@ from connectproxy.configfile.load import load_config, parse_config
 from connectproxy.observe.ops import OpsServer
 from connectproxy.process.sdnotify import Notifier
 from connectproxy.server.listening import connection_capacity
+from tests.support import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 UNIT = ROOT / "systemd" / "connectproxy.service"
 SYSUSERS = ROOT / "systemd" / "connectproxy.sysusers"
 DOCKERFILE = ROOT / "Dockerfile"

@@ -27,8 +27,9 @@ from connectproxy.configfile.squid.translate import (
     translate,
     translate_file,
 )
+from tests.support import DATA as SUPPORT_DATA
 
-DATA = Path(__file__).parent / "data" / "squid"
+DATA = SUPPORT_DATA / "squid"
 STOCK = Path("/etc/squid/squid.conf")
 INSERT_MARKER = "# INSERT YOUR OWN RULE(S) HERE TO ALLOW ACCESS FROM YOUR CLIENTS\n"
 SENSOR1_LINES = "acl sensor1 src 10.100.100.1\nhttp_access allow sensor1\n"

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import socket
 import socketserver
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,6 +28,7 @@ from tests.support import (
     LOOPBACK_OK_DENY,
     OriginServer,
     ProxyProcess,
+    ThreadedServer,
     connect_from,
     echo_exchange,
     finish,
@@ -100,26 +100,12 @@ class _RefusingHandler(socketserver.BaseRequestHandler):
         )
 
 
-class RefusingUpstream(socketserver.ThreadingTCPServer):
+class RefusingUpstream(ThreadedServer):
     """An upstream proxy that records each CONNECT head and answers 403."""
-
-    daemon_threads = True
-    allow_reuse_address = True
 
     def __init__(self) -> None:
         self.heads: list[bytes] = []
-        super().__init__(("127.0.0.1", 0), _RefusingHandler)
-        self.port = int(self.server_address[1])
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
-
-    def __enter__(self) -> RefusingUpstream:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
-        self.server_close()
-        self._thread.join(5)
+        super().__init__(_RefusingHandler)
 
 
 @pytest.fixture()

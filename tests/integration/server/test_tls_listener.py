@@ -25,6 +25,7 @@ from tests.support import (
     curl,
     metric,
     read_exactly,
+    read_head,
     status_of,
     tls_proxy,
     write_leaf,
@@ -73,17 +74,7 @@ def tls_client(
 def tls_connect(sock: ssl.SSLSocket, target: str, extra: bytes = b"") -> bytes:
     """Send a CONNECT over TLS; the response head (and for an error its body)."""
     sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode() + extra)
-    data = b""
-    while not data.endswith(b"\r\n\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            return data
-        data += chunk
-    if status_of(data) != 200:
-        with contextlib.suppress(OSError):
-            while chunk := sock.recv(4096):
-                data += chunk
-    return data
+    return read_head(sock)
 
 
 def read_to_eof(sock: socket.socket) -> bytes:

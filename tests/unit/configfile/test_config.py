@@ -41,8 +41,9 @@ from connectproxy.configfile.load import (
     summarize,
 )
 from connectproxy.credentials.passwords import hash_password
+from tests.support import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = REPO_ROOT
 EXAMPLES = sorted((REPO / "config" / "examples").glob("*.yaml"))
 # One real hash for the whole module: hashing is slow on purpose.
 HASH = hash_password("correct horse battery staple")

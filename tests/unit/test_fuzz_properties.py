@@ -1,7 +1,8 @@
 """Property tests that treat each parser the way the server uses it, not one function at a time.
 
-tests/test_http.py, test_proxyproto.py and test_config.py already check that each parser, called
-once on a whole input, raises nothing but its typed error. What is new here is the glue:
+tests/unit/wire/test_http.py, test_proxyproto.py and tests/unit/configfile/test_config.py already
+check that each parser, called once on a whole input, raises nothing but its typed error. What is
+new here is the glue:
 
 - the allowlist end to end: a request head that the parser accepts and the policy allows must
   name a host that an independent reference matcher, reading the raw request line, also finds on
@@ -21,7 +22,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
-from pathlib import Path
 
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
@@ -41,8 +41,9 @@ from connectproxy.wire.http import (
     parse_head,
     take_request,
 )
+from tests.support import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO_ROOT
 LIMIT = 8192
 
 # ---- an independent reference for the allowlist ------------------------------------------------

@@ -1,8 +1,8 @@
 """The benchmark driver's pure parts: size flags, tracer output, CPU accounting, the report.
 
-tests/test_bench_smoke.py runs the whole driver, but a quick run cannot show that a median, a
-ratio or the noise accounting is computed right: a wrong one still prints a plausible table.
-These parts take plain values, so they are checked here on figures worked out by hand.
+tests/integration/bench/test_bench_smoke.py runs the whole driver, but a quick run cannot show that
+a median, a ratio or the noise accounting is computed right: a wrong one still prints a plausible
+table. These parts take plain values, so they are checked here on figures worked out by hand.
 """
 
 from __future__ import annotations

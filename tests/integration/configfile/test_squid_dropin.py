@@ -1,11 +1,11 @@
 """connectproxy as a drop-in for Squid (SPEC sections 2 and 9), through its command line only.
 
-tests/test_squid_import.py checks the translation function by function; this file checks what an
-operator replacing Squid meets: `check-config --squid-conf`, `import-squid` and `explain` on the
-two configs printed in the Defender for IoT guides, `run --squid-conf` serving real CONNECTs,
-and, with a real Squid 5 started on the same file (its own http_port aside), that both proxies
-answer the same requests alike wherever the two models agree, and differ only where the
-translation said so, and only in the stricter direction.
+tests/unit/configfile/test_squid_import.py checks the translation function by function; this file
+checks what an operator replacing Squid meets: `check-config --squid-conf`, `import-squid` and
+`explain` on the two configs printed in the Defender for IoT guides, `run --squid-conf` serving
+real CONNECTs, and, with a real Squid 5 started on the same file (its own http_port aside), that
+both proxies answer the same requests alike wherever the two models agree, and differ only where
+the translation said so, and only in the stricter direction.
 
 Every allowed request must stay on loopback, and a squid.conf cannot carry connectproxy's
 `destinations.hosts`, so a name such as iot.azure-devices.net could only be resolved by real DNS.
@@ -45,9 +45,10 @@ from typing import Any
 
 import pytest
 
-from tests.support import free_port, status_of
+from tests.support import DATA as SUPPORT_DATA
+from tests.support import ThreadedServer, free_port, status_of
 
-DATA = Path(__file__).parent / "data" / "squid"
+DATA = SUPPORT_DATA / "squid"
 AZURE = DATA / "azure-proxy.conf"
 CHAINING = DATA / "chaining.conf"
 PARITY_DIR = DATA / "parity"
@@ -176,34 +177,20 @@ class _UpstreamHandler(socketserver.BaseRequestHandler):
             pass
 
 
-class StandInUpstream(socketserver.ThreadingTCPServer):
+class StandInUpstream(ThreadedServer):
     """The parent proxy both proxies chain to: records each CONNECT (target and request head),
     answers 200, and echoes the tunnel's bytes (it is the far end; it connects nowhere)."""
-
-    daemon_threads = True
-    allow_reuse_address = True
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.targets: list[str] = []
         self.heads: list[bytes] = []
-        super().__init__(("127.0.0.1", 0), _UpstreamHandler)
-        self.port = int(self.server_address[1])
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        super().__init__(_UpstreamHandler)
 
     def take_targets(self) -> list[str]:
         with self.lock:
             taken, self.targets = self.targets, []
         return taken
-
-    def __enter__(self) -> StandInUpstream:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
-        self.server_close()
-        self._thread.join(5)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float) -> int:

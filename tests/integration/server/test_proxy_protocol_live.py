@@ -30,6 +30,7 @@ from tests.support import (
     free_port,
     metric,
     read_exactly,
+    read_head,
     status_of,
     write_leaf,
 )
@@ -123,16 +124,7 @@ def connect_from(source: str, port: int) -> socket.socket:
 def connect_request(sock: socket.socket, target: str, extra: bytes = b"") -> bytes:
     """Send a CONNECT; the response head, and for an error the rest until the close."""
     sock.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode() + extra)
-    data = b""
-    while not data.endswith(b"\r\n\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            return data
-        data += chunk
-    if status_of(data) != 200:
-        while chunk := sock.recv(4096):
-            data += chunk
-    return data
+    return read_head(sock)
 
 
 def read_until_closed(sock: socket.socket) -> bytes:

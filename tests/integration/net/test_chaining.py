@@ -40,6 +40,7 @@ from tests.support import (
     HTTPSOrigin,
     OriginServer,
     ProxyProcess,
+    ThreadedServer,
     basic,
     curl,
     free_port,
@@ -102,15 +103,12 @@ class _RecordingHandler(socketserver.BaseRequestHandler):
             pass
 
 
-class RecordingUpstream(socketserver.ThreadingTCPServer):
+class RecordingUpstream(ThreadedServer):
     """An upstream proxy that keeps every request head it receives.
 
     "answer" reads a head, writes `reply` in a single send, and after a 2xx echoes the tunnel;
     "close" accepts and closes at once (a broken upstream); "silent" accepts and never answers
     (a hung one). `connections` counts accepted connections, which shows whether we tried it."""
-
-    daemon_threads = True
-    allow_reuse_address = True
 
     def __init__(
         self,
@@ -125,26 +123,11 @@ class RecordingUpstream(socketserver.ThreadingTCPServer):
         self.connections = 0
         self.lock = threading.Lock()
         self.release = threading.Event()
-        super().__init__(("127.0.0.1", 0), _RecordingHandler)
-        self.port = int(self.server_address[1])
+        super().__init__(_RecordingHandler, tls=tls)
         self.url = f"http://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
-    def get_request(self) -> tuple[Any, Any]:
-        sock, addr = super().get_request()
-        if self.tls is not None:
-            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, addr
-
-    def __enter__(self) -> RecordingUpstream:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def stopping(self) -> None:
         self.release.set()
-        self.shutdown()
-        self.server_close()
-        self._thread.join(5)
 
 
 def chain_config(*proxies: dict[str, Any], **overrides: Any) -> dict[str, Any]:

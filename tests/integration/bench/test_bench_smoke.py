@@ -17,7 +17,9 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO_ROOT
+
+REPO = REPO_ROOT
 PROXIES = ("connectproxy", "squid")
 TRANSFERS = ("up1", "down1", "up8", "down8")
 
