@@ -26,21 +26,34 @@ from __future__ import annotations
 
 import ipaddress
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import yaml
 
 from connectproxy.config.model import DEFAULT_DENY_NETWORKS
 from connectproxy.configfile.squid.parse import Directive, SquidConfError, read_squid_conf
+from connectproxy.configfile.squid.report import Report, SquidImportError, refuse
+from connectproxy.configfile.squid.sets import (
+    ALL_PORTS,
+    ANYWHERE,
+    collapse,
+    complement,
+    covers,
+    intersect,
+    intersect_patterns,
+    ipv4_mapped,
+    net_text,
+    subtract,
+    unique_patterns,
+)
 from connectproxy.matching.domains import DomainPattern, parse_domain_pattern
 from connectproxy.matching.netset import IPNetwork
 
 __all__ = [
     "DEFENDER_ALLOWLIST",
-    "SquidImportError",
     "Translation",
     "translate",
     "translate_file",
@@ -59,14 +72,8 @@ _DEFAULT_LISTEN_PORT = 3128
 # The port sensors tunnel to, and allow.ports when squid.conf does not say.
 _TLS_PORT = 443
 
-_ALL_PORTS = frozenset(range(1, 65536))
 # allow.ports is written out port by port; beyond this many it stops being a readable policy.
 _MAX_LISTED_PORTS = 1024
-
-_ANYWHERE: tuple[IPNetwork, ...] = (
-    ipaddress.IPv4Network("0.0.0.0/0"),
-    ipaddress.IPv6Network("::/0"),
-)
 
 # Squid's predefined ACLs (squid.conf.documented: "ACLs all, manager, localhost, to_localhost,
 # and CONNECT are predefined").
@@ -127,14 +134,8 @@ _IGNORED_BECAUSE = {
     "http_reply_access": "connectproxy never sees HTTP replies inside a tunnel",
 }
 
-_N = TypeVar("_N", ipaddress.IPv4Network, ipaddress.IPv6Network)
-
 
 # --- public API -------------------------------------------------------------------------------
-
-
-class SquidImportError(Exception):
-    """squid.conf cannot be translated; the message says where and why (exit status 2)."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ class _Acl:
 
 
 _BUILTIN_ACLS = (
-    _Acl("all", "src", "src", networks=_ANYWHERE),
+    _Acl("all", "src", "src", networks=ANYWHERE),
     _Acl("localhost", "src", "src", networks=_LOCALHOST),
     _Acl("to_localhost", "dst", "dst", networks=_TO_LOCALHOST),
     _Acl("manager", "manager", "url_regex"),
@@ -319,7 +320,7 @@ class _Translator:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.warnings: list[tuple[int, int, str]] = []
+        self.report = Report()
         self.acls: dict[str, _Acl] = {acl.name: acl for acl in _BUILTIN_ACLS}
         self.rules: list[_Rule] = []
         self.listen: list[str | dict[str, Any]] = []
@@ -333,20 +334,6 @@ class _Translator:
         # The last directive read: where Squid's built-in defaults take over.
         self.end: tuple[int, str] = (0, f"{source}:1")
 
-    # --- warnings ---
-
-    def warn(self, index: int, where: str, message: str) -> None:
-        """Record "FILE:LINE: message"; `index` (directive order) sorts the final list."""
-        self.warnings.append((index, len(self.warnings), f"{where}: {message}"))
-
-    def warn_rule(self, rule: _Rule, message: str) -> None:
-        self.warn(rule.index, rule.directive.where, f"{rule.text}: {message}")
-
-    def fail(self, directive: Directive, message: str) -> SquidImportError:
-        return SquidImportError(f"{directive.where}: {message}")
-
-    # --- reading directives ---
-
     def run(self, directives: Sequence[Directive]) -> Translation:
         for index, directive in enumerate(directives):
             self.directive(index, directive)
@@ -354,8 +341,7 @@ class _Translator:
         for name, places in self.ignored.items():
             self.report_ignored(name, places)
         mapping = self.build()
-        ordered = tuple(text for _, _, text in sorted(self.warnings))
-        return Translation(mapping=mapping, warnings=ordered, source=self.source)
+        return Translation(mapping=mapping, warnings=self.report.warnings(), source=self.source)
 
     def directive(self, index: int, d: Directive) -> None:
         match d.name:
@@ -377,9 +363,9 @@ class _Translator:
                 self.timeouts["idle"] = self.seconds(index, d)
             case "cache":
                 if d.args != ("deny", "all"):
-                    self.warn(index, d.where, "`cache` ignored: there is no cache")
+                    self.report.warn(index, d.where, "`cache` ignored: there is no cache")
             case "if" | "else" | "endif":
-                raise self.fail(
+                raise refuse(
                     d,
                     "conditional configuration (if/else/endif) cannot be translated: which "
                     "branch Squid uses depends on its worker process; keep the branch you need",
@@ -399,29 +385,29 @@ class _Translator:
             shown = ", ".join(others[:5])
             more = f" and {len(others) - 5} more" if len(others) > 5 else ""
             message += f" (also at {shown}{more})"
-        self.warn(index, first.where, message)
+        self.report.warn(index, first.where, message)
 
     def seconds(self, index: int, d: Directive) -> float:
         """A Squid time value: "30 seconds", "2 minutes", "1.5 hours"... A bare number is
         seconds, as older Squid releases read it (Squid 5 refuses it)."""
         if not d.args or len(d.args) > 2:
-            raise self.fail(d, f"{d.name} needs a time such as `{d.name} 30 seconds`")
+            raise refuse(d, f"{d.name} needs a time such as `{d.name} 30 seconds`")
         try:
             value = float(d.args[0])
         except ValueError:
-            raise self.fail(d, f"{d.name}: {d.args[0]!r} is not a number") from None
+            raise refuse(d, f"{d.name}: {d.args[0]!r} is not a number") from None
         factor = 1.0
         if len(d.args) == 2:
             unit = d.args[1].lower()
             factors = [f for name, f in _TIME_UNITS if unit.startswith(name)]
             if not factors:
-                raise self.fail(d, f"{d.name}: unknown time unit {d.args[1]!r}")
+                raise refuse(d, f"{d.name}: unknown time unit {d.args[1]!r}")
             factor = factors[0]
         else:
-            self.warn(index, d.where, f"{d.name} has no time unit: taken as seconds")
+            self.report.warn(index, d.where, f"{d.name} has no time unit: taken as seconds")
         seconds = value * factor
         if not math.isfinite(seconds) or seconds <= 0:
-            raise self.fail(d, f"{d.name} must be a positive time")
+            raise refuse(d, f"{d.name} must be a positive time")
         return seconds
 
     # --- http_port ---
@@ -429,13 +415,13 @@ class _Translator:
     def http_port(self, index: int, d: Directive) -> None:
         self.saw_http_port = True
         if not d.args:
-            raise self.fail(d, "http_port needs a port, as in `http_port 3128`")
+            raise refuse(d, "http_port needs a port, as in `http_port 3128`")
         host, port = self.listen_address(d)
         every_address = ":" not in d.args[0]
         options = d.args[1:]
         modes = sorted(_NOT_FORWARD_MODES.intersection(options))
         if modes:
-            self.warn(
+            self.report.warn(
                 index,
                 d.where,
                 f"http_port in {'/'.join(modes)} mode is not a forward proxy listener; "
@@ -445,13 +431,13 @@ class _Translator:
         proxy_protocol = "require-proxy-header" in options
         unknown = [o for o in options if o != "require-proxy-header"]
         if "ssl-bump" in unknown:
-            self.warn(index, d.where, "ssl-bump ignored: connectproxy never intercepts TLS")
+            self.report.warn(index, d.where, "ssl-bump ignored: connectproxy never intercepts TLS")
             unknown.remove("ssl-bump")
         if unknown:
-            self.warn(index, d.where, f"http_port options ignored: {' '.join(unknown)}")
+            self.report.warn(index, d.where, f"http_port options ignored: {' '.join(unknown)}")
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         if every_address:
-            self.warn(
+            self.report.warn(
                 index,
                 d.where,
                 f"Squid listens on every IPv4 and IPv6 address here; translated as {shown} "
@@ -472,13 +458,13 @@ class _Translator:
         elif host_text.startswith("[") and host_text.endswith("]"):
             host_text = host_text[1:-1]
         if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-            raise self.fail(d, f"http_port {text!r}: the port must be a number from 1 to 65535")
+            raise refuse(d, f"http_port {text!r}: the port must be a number from 1 to 65535")
         if host_text == "localhost":
             host_text = "127.0.0.1"
         try:
             host = str(ipaddress.ip_address(host_text))
         except ValueError:
-            raise self.fail(
+            raise refuse(
                 d,
                 f"http_port {text!r}: the address must be an IP address "
                 "(connectproxy does not resolve listen addresses)",
@@ -489,27 +475,27 @@ class _Translator:
 
     def acl(self, index: int, d: Directive) -> None:
         if len(d.args) < 2:
-            raise self.fail(d, "acl needs a name and a type, as in `acl sensors src 10.1.0.0/16`")
+            raise refuse(d, "acl needs a name and a type, as in `acl sensors src 10.1.0.0/16`")
         name, squid_type, *rest = d.args
         if name == "manager":
             # Old configs define it; Squid 4+ keeps its built-in and says to remove the line.
-            self.warn(index, d.where, "acl manager is built in: this definition is ignored")
+            self.report.warn(index, d.where, "acl manager is built in: this definition is ignored")
             return
         values = self.acl_values(index, d, rest)
         acl_type = _SUPPORTED_TYPES.get(squid_type, "other")
         previous = self.acls.get(name)
         if previous is not None and previous.squid_type != squid_type:
-            raise self.fail(
+            raise refuse(
                 d, f"acl {name} is already defined with type {previous.squid_type} (Squid refuses)"
             )
         acl = previous or _Acl(name, acl_type, squid_type, defined_at=(index, d.where))
         match acl_type:
             case "src" | "dst":
                 nets = self.address_values(index, d, values)
-                acl = replace(acl, networks=_collapse((*acl.networks, *nets)))
+                acl = replace(acl, networks=collapse((*acl.networks, *nets)))
             case "dstdomain":
                 domains = self.domain_values(index, d, values)
-                acl = replace(acl, domains=_unique_patterns((*acl.domains, *domains)))
+                acl = replace(acl, domains=unique_patterns((*acl.domains, *domains)))
             case "port":
                 acl = replace(acl, ports=acl.ports | self.port_values(index, d, values))
             case "method":
@@ -520,7 +506,7 @@ class _Translator:
                 else:
                     acl = replace(acl, users=acl.users | frozenset(values))
             case _:
-                self.warn(
+                self.report.warn(
                     index,
                     d.where,
                     f"acl {name}: type {squid_type} is not supported; "
@@ -537,7 +523,7 @@ class _Translator:
             if flag == "--":
                 break
             if flag not in ("-i", "+i", "-n"):
-                self.warn(index, d.where, f"acl flag {flag} ignored")
+                self.report.warn(index, d.where, f"acl flag {flag} ignored")
         return words[position:]
 
     def address_values(self, index: int, d: Directive, values: list[str]) -> list[IPNetwork]:
@@ -546,7 +532,7 @@ class _Translator:
             try:
                 nets.extend(_address_value(value))
             except ValueError as error:
-                self.warn(index, d.where, f"acl value {value!r} skipped: {error}")
+                self.report.warn(index, d.where, f"acl value {value!r} skipped: {error}")
         return nets
 
     def domain_values(self, index: int, d: Directive, values: list[str]) -> list[DomainPattern]:
@@ -557,7 +543,7 @@ class _Translator:
             except ValueError:
                 pass
             else:
-                self.warn(
+                self.report.warn(
                     index,
                     d.where,
                     f"dstdomain value {value!r} skipped: connectproxy refuses IP-address targets "
@@ -567,7 +553,7 @@ class _Translator:
             if value.endswith("."):
                 # Squid compares dstdomain values literally: one written with a trailing dot
                 # never matches, so allowing the undotted name would widen access.
-                self.warn(
+                self.report.warn(
                     index,
                     d.where,
                     f"dstdomain value {value!r} skipped: Squid never matches a value ending in "
@@ -579,7 +565,7 @@ class _Translator:
                     raise ValueError("Squid has no wildcards in dstdomain")
                 pattern = parse_domain_pattern(value)
             except ValueError as error:
-                self.warn(index, d.where, f"dstdomain value {value!r} skipped: {error}")
+                self.report.warn(index, d.where, f"dstdomain value {value!r} skipped: {error}")
                 continue
             text = "." + pattern.domain if pattern.kind == "suffix" else pattern.domain
             patterns.append(DomainPattern(text=text, kind=pattern.kind, domain=pattern.domain))
@@ -591,11 +577,13 @@ class _Translator:
             low_text, _, high_text = value.partition("-")
             high_text = high_text or low_text
             if not (low_text.isdigit() and high_text.isdigit()):
-                self.warn(index, d.where, f"port value {value!r} skipped: not a port or range")
+                self.report.warn(
+                    index, d.where, f"port value {value!r} skipped: not a port or range"
+                )
                 continue
             low, high = int(low_text), int(high_text)
             if not 1 <= low <= high <= 65535:
-                self.warn(index, d.where, f"port value {value!r} skipped: outside 1-65535")
+                self.report.warn(index, d.where, f"port value {value!r} skipped: outside 1-65535")
                 continue
             ports.update(range(low, high + 1))
         return frozenset(ports)
@@ -604,9 +592,11 @@ class _Translator:
 
     def http_access(self, index: int, d: Directive) -> None:
         if not d.args or d.args[0] not in ("allow", "deny"):
-            raise self.fail(d, "http_access must be followed by allow or deny")
+            raise refuse(d, "http_access must be followed by allow or deny")
         if len(d.args) == 1:
-            self.warn(index, d.where, "http_access line without ACLs skipped (as Squid does)")
+            self.report.warn(
+                index, d.where, "http_access line without ACLs skipped (as Squid does)"
+            )
             return
         conditions = []
         for word in d.args[1:]:
@@ -614,7 +604,7 @@ class _Translator:
             name = word[1:] if negated else word
             acl = self.acls.get(name)
             if acl is None:
-                raise self.fail(d, f"http_access uses acl {name!r}, which is not defined above")
+                raise refuse(d, f"http_access uses acl {name!r}, which is not defined above")
             conditions.append(_Condition(acl, negated))
         self.rules.append(_Rule(d.args[0] == "allow", tuple(conditions), d, index))
 
@@ -622,10 +612,10 @@ class _Translator:
 
     def auth_param(self, index: int, d: Directive) -> None:
         if len(d.args) < 2:
-            raise self.fail(d, "auth_param needs a scheme and a parameter")
+            raise refuse(d, "auth_param needs a scheme and a parameter")
         scheme, parameter, *values = d.args
         if scheme != "basic":
-            self.warn(
+            self.report.warn(
                 index,
                 d.where,
                 f"auth_param {scheme} ignored: connectproxy only does Basic authentication",
@@ -634,18 +624,18 @@ class _Translator:
         if parameter == "program":
             self.auth_program(index, d, values)
         elif parameter == "realm":
-            self.warn(
+            self.report.warn(
                 index,
                 d.where,
                 'auth_param basic realm ignored: connectproxy always uses realm "connectproxy"',
             )
         else:
-            self.warn(index, d.where, f"auth_param basic {parameter} ignored")
+            self.report.warn(index, d.where, f"auth_param basic {parameter} ignored")
 
     def auth_program(self, index: int, d: Directive, values: list[str]) -> None:
         helper = Path(values[0]).name if values else ""
         if helper not in ("basic_ncsa_auth", "ncsa_auth") or len(values) < 2:
-            self.warn(
+            self.report.warn(
                 index,
                 d.where,
                 "auth_param basic program ignored: only basic_ncsa_auth FILE (an htpasswd file) "
@@ -662,7 +652,7 @@ class _Translator:
         if path.is_absolute():
             return path
         anchored = (Path(d.file).parent / path).absolute()
-        self.warn(
+        self.report.warn(
             index,
             d.where,
             f"relative path {text!r} taken as {anchored} (Squid resolves it against its working "
@@ -674,15 +664,17 @@ class _Translator:
 
     def cache_peer(self, index: int, d: Directive) -> None:
         if len(d.args) < 4:
-            raise self.fail(d, "cache_peer needs: hostname type http-port icp-port [options]")
+            raise refuse(d, "cache_peer needs: hostname type http-port icp-port [options]")
         host, kind, port_text, _icp, *options = d.args
         if kind != "parent":
-            self.warn(index, d.where, f"cache_peer of type {kind} ignored: only parents chain")
+            self.report.warn(
+                index, d.where, f"cache_peer of type {kind} ignored: only parents chain"
+            )
             return
         if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-            raise self.fail(d, f"cache_peer port {port_text!r} must be a number from 1 to 65535")
+            raise refuse(d, f"cache_peer port {port_text!r} must be a number from 1 to 65535")
         if "originserver" in options:
-            self.warn(index, d.where, "cache_peer originserver ignored: it is not a proxy")
+            self.report.warn(index, d.where, "cache_peer originserver ignored: it is not a proxy")
             return
         scheme = "https" if {"ssl", "tls"} & set(options) else "http"
         shown_host = f"[{host}]" if ":" in host else host
@@ -699,13 +691,13 @@ class _Translator:
             elif option not in _HARMLESS_PEER_OPTIONS:
                 ignored.append(key)  # the name only: values may be secrets
         if ignored:
-            self.warn(index, d.where, f"cache_peer options ignored: {' '.join(ignored)}")
+            self.report.warn(index, d.where, f"cache_peer options ignored: {' '.join(ignored)}")
         self.peers.append(_Peer(d, index, entry, "round-robin" in options))
 
     def peer_login(self, index: int, d: Directive, value: str, entry: dict[str, Any]) -> None:
         user, sep, password = value.partition(":")
         if value in ("PASS", "PASSTHRU", "PROXYPASS", "NEGOTIATE") or not sep or user in ("", "*"):
-            self.warn(
+            self.report.warn(
                 index,
                 d.where,
                 f"cache_peer login={value.split(':')[0]} ignored: connectproxy only sends "
@@ -714,7 +706,7 @@ class _Translator:
             return
         entry["username"] = user
         entry["password"] = password
-        self.warn(
+        self.report.warn(
             index,
             d.where,
             "the upstream password is written inline in the translated config; move it to a "
@@ -741,7 +733,7 @@ class _Translator:
             mapping["htpasswd_file"] = str(self.htpasswd[2])
         elif self.htpasswd is not None:
             index, d, _ = self.htpasswd
-            self.warn(
+            self.report.warn(
                 index,
                 d.where,
                 "no http_access allow line uses a proxy_auth acl, so the password file is unused",
@@ -749,9 +741,9 @@ class _Translator:
         if self.extra_denied:
             # Setting the key replaces the defaults, so they are written out first (without
             # their IPv4-mapped forms: connectproxy checks a mapped address as IPv4 anyway).
-            defaults = [n for n in DEFAULT_DENY_NETWORKS if not _ipv4_mapped(n)]
-            denied = (*defaults, *_collapse(self.extra_denied))
-            mapping["destinations"] = {"deny_networks": [_net_text(n) for n in denied]}
+            defaults = [n for n in DEFAULT_DENY_NETWORKS if not ipv4_mapped(n)]
+            denied = (*defaults, *collapse(self.extra_denied))
+            mapping["destinations"] = {"deny_networks": [net_text(n) for n in denied]}
         upstream = self.upstream()
         if upstream is not None:
             mapping["upstream"] = upstream
@@ -772,7 +764,7 @@ class _Translator:
             rules.append(replace(last, allow=True, conditions=(), implicit=True))
         elif not rules:
             index, where = self.end
-            self.warn(
+            self.report.warn(
                 index,
                 where,
                 "no http_access lines: Squid refuses every request, so no client is admitted",
@@ -783,7 +775,7 @@ class _Translator:
                 continue
             if rule.allow:
                 if rule.implicit:
-                    self.warn_rule(
+                    self.report.warn_line(
                         rule,
                         "the last http_access line is a deny, so Squid allows every request no "
                         "line matched; translated as an allow line for every client",
@@ -808,7 +800,7 @@ class _Translator:
         squid.conf are a classic mistake worth pointing at."""
         for rule in later:
             if not rule.implicit:
-                self.warn_rule(
+                self.report.warn_line(
                     rule,
                     f"never reached: {final.text} at {final.directive.where} answers every "
                     "request before it (as in Squid)",
@@ -824,10 +816,10 @@ class _Translator:
         for condition in rule.conditions:
             acl, negated = condition.acl, condition.negated
             if acl.type == "src":
-                nets = _complement(acl.networks) if negated else acl.networks
-                if nets == _ANYWHERE:
+                nets = complement(acl.networks) if negated else acl.networks
+                if nets == ANYWHERE:
                     continue  # `all`: always true
-                joined = nets if match.sources is None else _intersect(match.sources, nets)
+                joined = nets if match.sources is None else intersect(match.sources, nets)
                 match = replace(match, sources=joined)
             elif acl.type == "method":
                 if ("CONNECT" in acl.methods) == negated:
@@ -836,7 +828,7 @@ class _Translator:
                 if not negated:
                     return None  # cache manager requests are never CONNECT
             elif acl.type == "port":
-                ports = _ALL_PORTS - acl.ports if negated else acl.ports
+                ports = ALL_PORTS - acl.ports if negated else acl.ports
                 joined_ports = ports if match.ports is None else match.ports & ports
                 match = replace(match, ports=joined_ports)
             elif acl.type == "dstdomain":
@@ -846,7 +838,7 @@ class _Translator:
                 else:
                     patterns = acl.domains
                     if match.domains is not None:
-                        patterns = _intersect_patterns(match.domains, patterns)
+                        patterns = intersect_patterns(match.domains, patterns)
                     match = replace(match, domains=patterns)
             elif acl.type == "proxy_auth" and rule.allow and not negated:
                 users = _Users(acl.users)
@@ -871,13 +863,13 @@ class _Translator:
     def unsupported(self, rule: _Rule, condition: _Condition) -> None:
         what = f"{condition.text} (acl type {condition.acl.squid_type})"
         if rule.allow:
-            self.warn_rule(
+            self.report.warn_line(
                 rule,
                 f"line ignored: connectproxy cannot evaluate {what} here, so nothing is "
                 "allowed through this line (stricter than Squid)",
             )
         else:
-            self.warn_rule(
+            self.report.warn_line(
                 rule,
                 f"line NOT enforced: connectproxy cannot evaluate {what} here; requests Squid "
                 "refused with it may be let through (the allowlist still applies)",
@@ -885,19 +877,19 @@ class _Translator:
 
     def refuse_destinations(self, rule: _Rule, networks: tuple[IPNetwork, ...]) -> None:
         """`allow ... !dst_acl`: those destinations are refused for every client instead."""
-        extra = _subtract(_collapse(networks), DEFAULT_DENY_NETWORKS)
+        extra = subtract(collapse(networks), DEFAULT_DENY_NETWORKS)
         if extra:
             self.extra_denied.extend(extra)
-            self.warn_rule(
+            self.report.warn_line(
                 rule,
                 "destination networks "
-                + ", ".join(_net_text(n) for n in extra)
+                + ", ".join(net_text(n) for n in extra)
                 + " are added to destinations.deny_networks, for every client",
             )
 
     def deny_destinations(self, rule: _Rule, match: _Match) -> None:
         """`deny ... dst_acl` (e.g. to_localhost) becomes destinations.deny_networks."""
-        extra = _subtract(_collapse(match.destinations), DEFAULT_DENY_NETWORKS)
+        extra = subtract(collapse(match.destinations), DEFAULT_DENY_NETWORKS)
         if not extra:
             return  # already refused by connectproxy's default deny_networks
         self.extra_denied.extend(extra)
@@ -907,8 +899,8 @@ class _Translator:
             scope = "also for the allow lines above this one, which Squid let reach them"
         else:
             return  # exactly what Squid does
-        networks = ", ".join(_net_text(n) for n in extra)
-        self.warn_rule(
+        networks = ", ".join(net_text(n) for n in extra)
+        self.report.warn_line(
             rule,
             f"destination networks {networks} are added to destinations.deny_networks and "
             f"refused for every client ({scope})",
@@ -925,7 +917,7 @@ class _Translator:
             dimensions = refused.dimensions()
             dimension = dimensions[0]
             if len(dimensions) > 1:
-                self.warn_rule(
+                self.report.warn_line(
                     deny,
                     f"refuses only requests matching all its acls, which connectproxy cannot "
                     f"express; for {rule.text} it refuses every request with those {dimension} "
@@ -949,18 +941,18 @@ class _Translator:
             if match.users is not None:
                 use_htpasswd = self.password_admission(term) or use_htpasswd
                 continue
-            sources = _ANYWHERE if match.sources is None else match.sources
+            sources = ANYWHERE if match.sources is None else match.sources
             networks.setdefault(term.client, []).extend(sources)
-            everyone = " and ".join(_net_text(n) for n in sources if n.prefixlen == 0)
+            everyone = " and ".join(net_text(n) for n in sources if n.prefixlen == 0)
             if everyone:
                 because = "this line has no src acl, so" if term.client == "any" else "its src acl:"
-                self.warn_rule(
+                self.report.warn_line(
                     rule,
                     f"{because} ANY source address is admitted without a password (client "
                     f"{term.client!r}: {everyone}); restrict it to your sensors' networks",
                 )
         clients = [
-            {"name": name, "networks": [_net_text(n) for n in _collapse(nets)]}
+            {"name": name, "networks": [net_text(n) for n in collapse(nets)]}
             for name, nets in networks.items()
         ]
         return clients, use_htpasswd
@@ -972,7 +964,7 @@ class _Translator:
         for acl in self.acls.values():
             if acl.type == "src" and acl.defined_at is not None and acl.name not in used:
                 index, where = acl.defined_at
-                self.warn(
+                self.report.warn(
                     index,
                     where,
                     f"acl {acl.name} is not used by any http_access line, so its addresses are "
@@ -983,7 +975,7 @@ class _Translator:
         """A proxy_auth line admits the users of the htpasswd file; say what that loses."""
         match, rule = term.match, term.rule
         if self.htpasswd is None:
-            self.warn_rule(
+            self.report.warn_line(
                 rule,
                 "needs a password, but there is no `auth_param basic program basic_ncsa_auth "
                 "FILE` to translate: nobody is admitted by password (stricter than Squid)",
@@ -992,13 +984,13 @@ class _Translator:
         password_file = self.htpasswd[2]
         if match.users is not None and match.users.names is not None:
             names = ", ".join(sorted(match.users.names))
-            self.warn_rule(
+            self.report.warn_line(
                 rule,
                 f"Squid admitted only the users {names}; connectproxy admits every user in "
                 f"{password_file}: remove the others from that file",
             )
         if match.sources is not None:
-            self.warn_rule(
+            self.report.warn_line(
                 rule,
                 f"Squid admitted these users only from {term.client}; connectproxy admits "
                 f"users of {password_file} from any address",
@@ -1009,11 +1001,11 @@ class _Translator:
 
     def allowlist(self, terms: list[_Term]) -> tuple[list[DomainPattern], frozenset[int]]:
         """allow.domains and allow.ports, with every way they differ from Squid reported."""
-        named = _unique_patterns(p for t in terms if t.match.domains for p in t.match.domains)
+        named = unique_patterns(p for t in terms if t.match.domains for p in t.match.domains)
         open_terms = [t for t in terms if t.match.domains is None]
         if named:
             for term in open_terms:
-                self.warn_rule(
+                self.report.warn_line(
                     term.rule,
                     "Squid lets this line reach any host; connectproxy limits it to allow.domains "
                     "(the dstdomain acls of the other allow lines)",
@@ -1021,7 +1013,7 @@ class _Translator:
             domains = list(named)
         else:
             for term in open_terms:
-                self.warn_rule(
+                self.report.warn_line(
                     term.rule,
                     "Squid lets this line reach any host; no allow line names a dstdomain acl, "
                     "so allow.domains is the Defender for IoT allowlist: "
@@ -1030,7 +1022,9 @@ class _Translator:
             domains = [parse_domain_pattern(text) for text in DEFENDER_ALLOWLIST]
         domains = self.apply_exceptions(terms, domains)
         if not domains and terms:
-            self.warn_rule(terms[0].rule, "allow.domains ends up empty: no host is reachable")
+            self.report.warn_line(
+                terms[0].rule, "allow.domains ends up empty: no host is reachable"
+            )
         term_ports = {id(t): self.term_ports(t) for t in terms}
         ports = frozenset(p for allowed in term_ports.values() for p in allowed)
         if not terms:
@@ -1047,15 +1041,15 @@ class _Translator:
         for term in terms:
             for excluded in term.match.except_domains:
                 for allowed in list(kept):
-                    if _covers(excluded, allowed):
+                    if covers(excluded, allowed):
                         kept.remove(allowed)
-                        self.warn_rule(
+                        self.report.warn_line(
                             term.rule,
                             f"{allowed.text} is refused for this line, so it is removed from "
                             "allow.domains for every client",
                         )
-                    elif _covers(allowed, excluded):
-                        self.warn_rule(
+                    elif covers(allowed, excluded):
+                        self.report.warn_line(
                             term.rule,
                             f"Squid refuses {excluded.text} for this line, but connectproxy "
                             f"cannot make an exception inside {allowed.text}: those hosts "
@@ -1071,14 +1065,14 @@ class _Translator:
         shown = ", ".join(str(p) for p in sorted(narrowed)[:20])
         if ports is None:
             if connect_rule is not None:
-                self.warn_rule(
+                self.report.warn_line(
                     term.rule,
                     f"this line comes before {connect_rule[0].text} "
                     f"({connect_rule[0].directive.where}), so Squid tunnels to ANY port for it; "
                     f"connectproxy allows only ports {shown}",
                 )
             else:
-                self.warn_rule(
+                self.report.warn_line(
                     term.rule,
                     "no `http_access deny CONNECT !SSL_ports` line limits the ports, so Squid "
                     f"tunnels to ANY port for this line; connectproxy allows only port {shown}",
@@ -1091,7 +1085,7 @@ class _Translator:
                     f"{term.rule.directive.where}: {term.rule.text} allows {len(ports)} ports "
                     "and none of them is a TLS port; list the ports sensors need in a port acl"
                 )
-            self.warn_rule(
+            self.report.warn_line(
                 term.rule,
                 f"Squid allows {len(ports)} ports here; connectproxy lists only "
                 f"{', '.join(str(p) for p in sorted(kept))}",
@@ -1118,7 +1112,7 @@ class _Translator:
                 for c in term.rule.conditions
             )
             if not limited:
-                self.warn_rule(
+                self.report.warn_line(
                     term.rule,
                     "Squid also forwards plain-HTTP requests (GET http://...) this line allows; "
                     "connectproxy only tunnels CONNECT and answers 405 to anything else",
@@ -1144,7 +1138,7 @@ class _Translator:
                         (other.match.ports is None or port in other.match.ports)
                         and (
                             other.match.domains is None
-                            or any(_covers(p, pattern) for p in other.match.domains)
+                            or any(covers(p, pattern) for p in other.match.domains)
                         )
                         for other in covering
                     )
@@ -1153,7 +1147,7 @@ class _Translator:
                         missing_ports.add(port)
             if missing_domains:
                 who = "its users" if term.match.users is not None else f"client {term.client!r}"
-                self.warn_rule(
+                self.report.warn_line(
                     term.rule,
                     f"in Squid {who} could not reach every allowlist entry on every allowed port; "
                     "connectproxy has one allowlist for all clients, so it now also reaches "
@@ -1166,14 +1160,14 @@ class _Translator:
     def upstream(self) -> dict[str, Any] | None:
         for index, d in self.never_direct:
             if not self.peers:
-                self.warn(
+                self.report.warn(
                     index,
                     d.where,
                     "never_direct without a cache_peer parent: Squid could forward nothing; "
                     "connectproxy connects directly",
                 )
             elif d.args != ("allow", "all"):
-                self.warn(
+                self.report.warn(
                     index,
                     d.where,
                     "never_direct translated as `never_direct allow all`: every tunnel goes "
@@ -1183,7 +1177,7 @@ class _Translator:
             return None
         if not self.never_direct:
             first = self.peers[0]
-            self.warn(
+            self.report.warn(
                 first.index,
                 first.directive.where,
                 "no `never_direct allow all`: Squid may connect directly (for example when the "
@@ -1203,7 +1197,7 @@ def _client_name(rule: _Rule) -> str:
     parts = [
         ("not-" if c.negated else "") + c.acl.name
         for c in rule.conditions
-        if c.acl.type == "src" and c.acl.networks != _ANYWHERE
+        if c.acl.type == "src" and c.acl.networks != ANYWHERE
     ]
     return "-".join(parts) if parts else "any"
 
@@ -1211,7 +1205,7 @@ def _client_name(rule: _Rule) -> str:
 def _disjoint(allowed: _Match, refused: _Match) -> bool:
     """True when no request matches both: the deny line cannot affect the allow line."""
     sources_apart = allowed.sources is not None and refused.sources is not None
-    if sources_apart and not _intersect(allowed.sources or (), refused.sources or ()):
+    if sources_apart and not intersect(allowed.sources or (), refused.sources or ()):
         return True
     if (
         allowed.ports is not None
@@ -1221,11 +1215,11 @@ def _disjoint(allowed: _Match, refused: _Match) -> bool:
         return True
     if allowed.domains is not None:
         if refused.domains is not None and not any(
-            _covers(a, r) or _covers(r, a) for a in allowed.domains for r in refused.domains
+            covers(a, r) or covers(r, a) for a in allowed.domains for r in refused.domains
         ):
             return True
         if refused.except_domains and all(
-            any(_covers(e, a) for e in refused.except_domains) for a in allowed.domains
+            any(covers(e, a) for e in refused.except_domains) for a in allowed.domains
         ):
             return True
     if refused.users is not None and refused.users_negated and allowed.users is not None:
@@ -1241,12 +1235,12 @@ def _subtract_dimension(allowed: _Match, refused: _Match, dimension: str) -> _Ma
     """
     if dimension == "ports":
         assert refused.ports is not None
-        ports = (allowed.ports if allowed.ports is not None else _ALL_PORTS) - refused.ports
+        ports = (allowed.ports if allowed.ports is not None else ALL_PORTS) - refused.ports
         return replace(allowed, ports=ports) if ports else None
     if dimension == "sources":
         assert refused.sources is not None
-        sources = _subtract(
-            allowed.sources if allowed.sources is not None else _ANYWHERE, refused.sources
+        sources = subtract(
+            allowed.sources if allowed.sources is not None else ANYWHERE, refused.sources
         )
         return replace(allowed, sources=sources) if sources else None
     if dimension == "users":
@@ -1259,14 +1253,14 @@ def _subtract_dimension(allowed: _Match, refused: _Match, dimension: str) -> _Ma
     if refused.except_domains and refused.domains is None:
         kept = refused.except_domains
         if allowed.domains is not None:
-            kept = _intersect_patterns(allowed.domains, kept)
+            kept = intersect_patterns(allowed.domains, kept)
         return replace(allowed, domains=kept) if kept else None
     assert refused.domains is not None
     if allowed.domains is None:
         return replace(allowed, except_domains=(*allowed.except_domains, *refused.domains))
-    remaining = tuple(a for a in allowed.domains if not any(_covers(r, a) for r in refused.domains))
+    remaining = tuple(a for a in allowed.domains if not any(covers(r, a) for r in refused.domains))
     inside = tuple(
-        r for r in refused.domains for a in remaining if _covers(a, r) and not _covers(r, a)
+        r for r in refused.domains for a in remaining if covers(a, r) and not covers(r, a)
     )
     if not remaining:
         return None
@@ -1285,51 +1279,16 @@ def _admits_all_of(wide: _Match, narrow: _Match) -> bool:
         return True
     if narrow.sources is None:
         return False
-    return not _subtract(narrow.sources, wide.sources)
+    return not subtract(narrow.sources, wide.sources)
 
 
-# --- domain patterns --------------------------------------------------------------------------
-
-
-def _covers(outer: DomainPattern, inner: DomainPattern) -> bool:
-    """Whether every host `inner` matches is matched by `outer`."""
-    if outer.kind == "exact":
-        return inner.kind == "exact" and inner.domain == outer.domain
-    if inner.domain == outer.domain:
-        return outer.kind == "suffix" or inner.kind == "subdomains"
-    return inner.domain.endswith("." + outer.domain)
-
-
-def _intersect_patterns(
-    first: Iterable[DomainPattern], second: Iterable[DomainPattern]
-) -> tuple[DomainPattern, ...]:
-    """Hosts matched by both lists (two ACLs ANDed on one line). Domain trees nest, so each
-    pair either nests, and the inner pattern is the overlap, or does not overlap at all."""
-    second = tuple(second)
-    found = []
-    for a in first:
-        for b in second:
-            if _covers(a, b):
-                found.append(b)
-            elif _covers(b, a):
-                found.append(a)
-    return _unique_patterns(found)
-
-
-def _unique_patterns(patterns: Iterable[DomainPattern]) -> tuple[DomainPattern, ...]:
-    seen: dict[str, DomainPattern] = {}
-    for pattern in patterns:
-        seen.setdefault(pattern.text, pattern)
-    return tuple(seen.values())
-
-
-# --- address values and network sets ----------------------------------------------------------
+# --- address values -------------------------------------------------------------------------
 
 
 def _address_value(value: str) -> list[IPNetwork]:
     """One src/dst value: `all`, an address, `addr/prefix`, `addr/mask`, `a-b` or `a-b/mask`."""
     if value == "all":
-        return list(_ANYWHERE)
+        return list(ANYWHERE)
     text, _, mask = value.partition("/")
     if "-" in text:
         low_text, _, high_text = text.partition("-")
@@ -1362,73 +1321,6 @@ def _range_networks(low: int, high: int, version: int, prefix: int | None) -> li
         return list(ipaddress.summarize_address_range(first4, last4))
     first6, last6 = ipaddress.IPv6Address(low), ipaddress.IPv6Address(high)
     return list(ipaddress.summarize_address_range(first6, last6))
-
-
-def _split(
-    nets: Iterable[IPNetwork],
-) -> tuple[list[ipaddress.IPv4Network], list[ipaddress.IPv6Network]]:
-    v4 = [n for n in nets if isinstance(n, ipaddress.IPv4Network)]
-    v6 = [n for n in nets if isinstance(n, ipaddress.IPv6Network)]
-    return v4, v6
-
-
-def _collapse(nets: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
-    v4, v6 = _split(nets)
-    return (*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6))
-
-
-def _intersect(first: Iterable[IPNetwork], second: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
-    a4, a6 = _split(first)
-    b4, b6 = _split(second)
-    return _collapse((*_family_intersect(a4, b4), *_family_intersect(a6, b6)))
-
-
-def _subtract(first: Iterable[IPNetwork], second: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
-    a4, a6 = _split(first)
-    b4, b6 = _split(second)
-    return _collapse((*_family_subtract(a4, b4), *_family_subtract(a6, b6)))
-
-
-def _complement(nets: Iterable[IPNetwork]) -> tuple[IPNetwork, ...]:
-    return _subtract(_ANYWHERE, nets)
-
-
-def _family_intersect(first: list[_N], second: list[_N]) -> list[_N]:
-    """CIDR blocks either nest or are disjoint, so the overlap of two is the smaller one."""
-    found = []
-    for a in first:
-        for b in second:
-            if a.subnet_of(b):
-                found.append(a)
-            elif b.subnet_of(a):
-                found.append(b)
-    return found
-
-
-def _family_subtract(first: list[_N], second: list[_N]) -> list[_N]:
-    remaining = list(first)
-    for cut in second:
-        next_round: list[_N] = []
-        for block in remaining:
-            if block.subnet_of(cut):
-                continue
-            if cut.subnet_of(block):
-                next_round.extend(block.address_exclude(cut))
-            else:
-                next_round.append(block)
-        remaining = next_round
-    return remaining
-
-
-def _ipv4_mapped(net: IPNetwork) -> bool:
-    return isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped is not None
-
-
-def _net_text(net: IPNetwork) -> str:
-    """A single address without its /32 or /128, as operators write it."""
-    if net.prefixlen == net.max_prefixlen:
-        return str(net.network_address)
-    return str(net)
 
 
 def _number(value: float) -> int | float:
