@@ -3,39 +3,36 @@
 Squid and connectproxy decide differently. Squid walks its `http_access` lines top to bottom and
 the first line whose ACLs all match answers. connectproxy has one fixed shape (SPEC section 3):
 a client is *admitted* (by source network or by password), and then the destination must be in
-*one allowlist* of ports and domains shared by every admitted client. So the translation works
-out, for each `allow` line, which CONNECT requests Squid would let through it (after the `deny`
-lines above it have taken their share), and then takes:
+*one allowlist* of ports and domains shared by every admitted client. Wherever that shape cannot
+say what Squid says, the translation is made *stricter* when it can and reports a warning
+"FILE:LINE: message" in every case; it never widens access silently.
 
-- the clients: the source networks of those lines (one client per `src` ACL, named after it),
-  and the htpasswd file when a line needs `proxy_auth`;
-- the allowlist: the union of their `dstdomain` ACLs and their ports.
+This module runs one translation and writes its result; the work is done by the modules it calls,
+each with one job:
 
-Wherever that shape cannot say what Squid says, the translation is made *stricter* when it can
-and reports a warning "FILE:LINE: message" in every case; it never widens access silently.
-The rules the SPEC fixes (a line without a `src` ACL admits the client `any`; no `dstdomain`
-anywhere means the Defender for IoT allowlist; ports come from `deny CONNECT !SSL_ports`, else
-443; `cache_peer ... login=` becomes an upstream with an inline password) are applied here.
-
-Only CONNECT requests matter: a line that can never match one (a `method` ACL without CONNECT,
-the cache manager) is dropped, and an ACL that always matches one (`all`, `CONNECT`) is dropped
-from its line.
+- directives.py: listeners, authentication, timeouts, and the directives that are ignored;
+- upstream.py: `cache_peer` parents and `never_direct`;
+- acls.py: `acl` lines and the `http_access` lines that use them;
+- below, in this module for now: the rule algebra (what each allow line lets through after the
+  deny lines above it), and the clients and the one allowlist those allow lines add up to;
+- sets.py: the set algebra on networks, domain patterns and ports the other modules share;
+- report.py: the warnings, in squid.conf order, and the error that stops a translation.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
 from connectproxy.config.model import DEFAULT_DENY_NETWORKS
+from connectproxy.configfile.squid.acls import Acls, Condition, Rule
+from connectproxy.configfile.squid.directives import Settings
 from connectproxy.configfile.squid.parse import Directive, SquidConfError, read_squid_conf
-from connectproxy.configfile.squid.report import Report, SquidImportError, refuse
+from connectproxy.configfile.squid.report import Report, SquidImportError
 from connectproxy.configfile.squid.sets import (
     ALL_PORTS,
     ANYWHERE,
@@ -49,93 +46,14 @@ from connectproxy.configfile.squid.sets import (
     subtract,
     unique_patterns,
 )
+from connectproxy.configfile.squid.upstream import Peers
 from connectproxy.matching.domains import DomainPattern, parse_domain_pattern
 from connectproxy.matching.netset import IPNetwork
 
-__all__ = [
-    "DEFENDER_ALLOWLIST",
-    "Translation",
-    "translate",
-    "translate_file",
-]
-
-# SPEC section 3.1: what a Defender for IoT sensor needs to reach.
-DEFENDER_ALLOWLIST = (
-    ".azure-devices.net",
-    ".blob.core.windows.net",
-    ".servicebus.windows.net",
-    "download.microsoft.com",
-)
+__all__ = ["DEFENDER_ALLOWLIST", "Translation", "translate", "translate_file"]
 
 # Squid's listening port when squid.conf has no http_port.
 _DEFAULT_LISTEN_PORT = 3128
-# The port sensors tunnel to, and allow.ports when squid.conf does not say.
-_TLS_PORT = 443
-
-# allow.ports is written out port by port; beyond this many it stops being a readable policy.
-_MAX_LISTED_PORTS = 1024
-
-# Squid's predefined ACLs (squid.conf.documented: "ACLs all, manager, localhost, to_localhost,
-# and CONNECT are predefined").
-_LOCALHOST = (ipaddress.IPv4Network("127.0.0.1/32"), ipaddress.IPv6Network("::1/128"))
-_TO_LOCALHOST = (
-    ipaddress.IPv4Network("127.0.0.0/8"),
-    ipaddress.IPv4Network("0.0.0.0/32"),
-    ipaddress.IPv6Network("::1/128"),
-    ipaddress.IPv6Network("::/128"),
-)
-
-# Squid time units (cache_cf.cc parseTimeUnits), matched by prefix so "minutes" is "minute".
-_TIME_UNITS = (
-    ("millisecond", 0.001),
-    ("second", 1.0),
-    ("minute", 60.0),
-    ("hour", 3600.0),
-    ("day", 86400.0),
-    ("week", 7 * 86400.0),
-    ("fortnight", 14 * 86400.0),
-    ("month", 30 * 86400.0),
-    ("year", 365.2522 * 86400.0),
-    ("decade", 3652.522 * 86400.0),
-)
-
-# http_port modes that make Squid something other than a forward proxy.
-_NOT_FORWARD_MODES = {"intercept", "transparent", "tproxy", "accel"}
-# cache_peer options that change nothing for a CONNECT-only parent.
-_HARMLESS_PEER_OPTIONS = {"no-query", "default", "proxy-only", "no-digest", "no-netdb-exchange"}
-# cache_peer TLS file options (Squid 4+ names and the older ssl* ones) → upstream.proxies keys.
-_PEER_FILE_OPTIONS = {
-    "tls-cafile": "ca_file",
-    "sslcafile": "ca_file",
-    "tls-cert": "cert_file",
-    "sslcert": "cert_file",
-    "tls-key": "key_file",
-    "sslkey": "key_file",
-}
-
-# Why a well-known directive has no counterpart; anything else is "directive X ignored".
-_IGNORED_BECAUSE = {
-    "coredump_dir": "connectproxy writes no core dumps of its own",
-    "cache_dir": "there is no cache",
-    "cache_mem": "there is no cache",
-    "maximum_object_size": "there is no cache",
-    "refresh_pattern": "there is no cache",
-    "access_log": "set log.access_log (and log.access_format: squid for Squid's line format)",
-    "cache_log": "set log.level; logs go to stdout or the journal",
-    "logfile_rotate": "connectproxy does not rotate logs; use logrotate or journald",
-    "dns_nameservers": "connectproxy uses the system resolver",
-    "visible_hostname": "connectproxy sends no error pages naming the host",
-    "always_direct": "every tunnel goes through the upstream when one is configured",
-    "proxy_protocol_access": (
-        "connectproxy accepts a PROXY header from any peer on a listener with proxy_protocol; "
-        "let only your load balancer reach that listener"
-    ),
-    "ssl_bump": "connectproxy never intercepts TLS",
-    "http_reply_access": "connectproxy never sees HTTP replies inside a tunnel",
-}
-
-
-# --- public API -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -179,93 +97,98 @@ def translate(directives: Sequence[Directive], source: str) -> Translation:
     return _Translator(source).run(directives)
 
 
-# --- ACLs and http_access lines ---------------------------------------------------------------
+class _Translator:
+    """One translation run: reads every directive, then reasons about the http_access lines."""
 
-_AclType = Literal["src", "dst", "dstdomain", "port", "method", "proxy_auth", "manager", "other"]
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.report = Report()
+        self.settings = Settings(self.report)
+        self.peers = Peers(self.report)
+        self.acls = Acls(self.report)
+        self.rules: list[Rule] = []
+        # The last directive read: where Squid's built-in defaults take over.
+        self.end: tuple[int, str] = (0, f"{source}:1")
+
+    def run(self, directives: Sequence[Directive]) -> Translation:
+        for index, directive in enumerate(directives):
+            self.directive(index, directive)
+            self.end = (index, directive.where)
+        self.settings.report_ignored()
+        mapping = self.build()
+        return Translation(mapping=mapping, warnings=self.report.warnings(), source=self.source)
+
+    def directive(self, index: int, d: Directive) -> None:
+        match d.name:
+            case "acl":
+                self.acls.define(index, d)
+            case "http_access":
+                rule = self.acls.rule(index, d)
+                if rule is not None:
+                    self.rules.append(rule)
+            case "cache_peer":
+                self.peers.cache_peer(index, d)
+            case "never_direct":
+                self.peers.never_direct.append((index, d))
+            case _:
+                self.settings.read(index, d)
+
+    def build(self) -> dict[str, Any]:
+        """The configuration mapping, in the order of the keys of SPEC section 3."""
+        settings = self.settings
+        if settings.saw_http_port and not settings.listen:
+            raise SquidImportError(
+                f"{self.source}: no http_port can be translated (see the warnings); "
+                "connectproxy needs at least one forward-proxy listener"
+            )
+        mapping: dict[str, Any] = {}
+        mapping["listen"] = settings.listen or [f"0.0.0.0:{_DEFAULT_LISTEN_PORT}"]
+        evaluation = evaluate(self.rules, self.end, self.report)
+        self.acls.note_unused_sources(self.rules)
+        mapping.update(access(evaluation.terms, self.rules, settings.htpasswd, self.report))
+        if evaluation.denied_networks:
+            # Setting the key replaces the defaults, so they are written out first (without
+            # their IPv4-mapped forms: connectproxy checks a mapped address as IPv4 anyway).
+            defaults = [n for n in DEFAULT_DENY_NETWORKS if not ipv4_mapped(n)]
+            denied = (*defaults, *collapse(evaluation.denied_networks))
+            mapping["destinations"] = {"deny_networks": [net_text(n) for n in denied]}
+        upstream = self.peers.upstream()
+        if upstream is not None:
+            mapping["upstream"] = upstream
+        if settings.timeouts:
+            mapping["timeouts"] = {k: _number(v) for k, v in settings.timeouts.items()}
+        return mapping
+
+
+def _number(value: float) -> int | float:
+    """30.0 seconds is written `30`, as an operator would write it."""
+    return int(value) if value.is_integer() else value
+
+
+# --- http_access lines: the rule algebra ---------------------------------------------------
 
 
 @dataclass(frozen=True)
-class _Acl:
-    """An ACL with the values of all its `acl` lines (Squid appends lines of one name)."""
-
-    name: str
-    type: _AclType
-    squid_type: str
-    networks: tuple[IPNetwork, ...] = ()  # src, dst
-    domains: tuple[DomainPattern, ...] = ()  # dstdomain
-    ports: frozenset[int] = frozenset()  # port
-    methods: frozenset[str] = frozenset()  # method
-    users: frozenset[str] | None = frozenset()  # proxy_auth; None for REQUIRED (any user)
-    defined_at: tuple[int, str] | None = None  # (directive index, FILE:LINE); None if built in
-
-
-_BUILTIN_ACLS = (
-    _Acl("all", "src", "src", networks=ANYWHERE),
-    _Acl("localhost", "src", "src", networks=_LOCALHOST),
-    _Acl("to_localhost", "dst", "dst", networks=_TO_LOCALHOST),
-    _Acl("manager", "manager", "url_regex"),
-    _Acl("CONNECT", "method", "method", methods=frozenset({"CONNECT"})),
-)
-
-_SUPPORTED_TYPES: dict[str, _AclType] = {
-    "src": "src",
-    "dst": "dst",
-    "dstdomain": "dstdomain",
-    "port": "port",
-    "method": "method",
-    "proxy_auth": "proxy_auth",
-}
-
-
-@dataclass(frozen=True)
-class _Condition:
-    acl: _Acl
-    negated: bool
-
-    @property
-    def text(self) -> str:
-        return f"!{self.acl.name}" if self.negated else self.acl.name
-
-
-@dataclass(frozen=True)
-class _Rule:
-    """One `http_access` line; `index` orders warnings by where the directive appeared."""
-
-    allow: bool
-    conditions: tuple[_Condition, ...]
-    directive: Directive
-    index: int
-    implicit: bool = False
-
-    @property
-    def text(self) -> str:
-        if self.implicit:
-            return "Squid's implicit final `http_access allow all`"
-        words = ["allow" if self.allow else "deny", *(c.text for c in self.conditions)]
-        return "`http_access " + " ".join(words) + "`"
-
-
-@dataclass(frozen=True)
-class _Users:
+class Users:
     """Who must authenticate: `names` None means any user the password file accepts."""
 
     names: frozenset[str] | None
 
-    def intersect(self, other: _Users) -> _Users:
+    def intersect(self, other: Users) -> Users:
         if self.names is None:
             return other
         if other.names is None:
             return self
-        return _Users(self.names & other.names)
+        return Users(self.names & other.names)
 
-    def includes(self, other: _Users) -> bool:
+    def includes(self, other: Users) -> bool:
         if self.names is None:
             return True
         return other.names is not None and other.names <= self.names
 
 
 @dataclass(frozen=True)
-class _Match:
+class Match:
     """The CONNECT requests an http_access line matches; a field left None means "any".
 
     `domains` is where the host must be, `except_domains` where it must not be. `users` with
@@ -273,7 +196,7 @@ class _Match:
     """
 
     sources: tuple[IPNetwork, ...] | None = None
-    users: _Users | None = None
+    users: Users | None = None
     users_negated: bool = False
     domains: tuple[DomainPattern, ...] | None = None
     except_domains: tuple[DomainPattern, ...] = ()
@@ -296,474 +219,62 @@ class _Match:
 
 
 @dataclass(frozen=True)
-class _Term:
+class Term:
     """An allow line as connectproxy will apply it: who it admits and what it allows."""
 
-    rule: _Rule
-    match: _Match
+    rule: Rule
+    match: Match
     client: str  # the client name, for a line that admits by source address
 
 
 @dataclass(frozen=True)
-class _Peer:
-    directive: Directive
-    index: int
-    entry: dict[str, Any]
-    round_robin: bool
+class Evaluation:
+    """What the http_access lines come to: the allow terms, in squid.conf order, and the
+    destination networks refused to every client beyond connectproxy's default deny_networks."""
+
+    terms: tuple[Term, ...]
+    denied_networks: tuple[IPNetwork, ...]
 
 
-# --- the translator ---------------------------------------------------------------------------
+def evaluate(rules: Sequence[Rule], end: tuple[int, str], report: Report) -> Evaluation:
+    """Walk the http_access lines as Squid does; `end` (directive index, FILE:LINE) is the last
+    directive read, where a warning about the absence of any line is placed."""
+    walk = _Walk(rules, report)
+    terms = walk.terms(end)
+    return Evaluation(tuple(terms), tuple(walk.denied_networks))
 
 
-class _Translator:
-    """One translation run: reads the directives, then turns the http_access lines into policy."""
+def connect_ports_rule(rules: Sequence[Rule]) -> tuple[Rule, frozenset[int]] | None:
+    """The `deny CONNECT !SSL_ports` line (whatever the port acl's name) and its ports."""
+    for rule in rules:
+        if rule.allow or len(rule.conditions) != 2:
+            continue
+        method = [c for c in rule.conditions if c.acl.type == "method" and not c.negated]
+        port = [c for c in rule.conditions if c.acl.type == "port" and c.negated]
+        if method and port and "CONNECT" in method[0].acl.methods:
+            return rule, port[0].acl.ports
+    return None
 
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.report = Report()
-        self.acls: dict[str, _Acl] = {acl.name: acl for acl in _BUILTIN_ACLS}
-        self.rules: list[_Rule] = []
-        self.listen: list[str | dict[str, Any]] = []
-        self.saw_http_port = False
-        self.htpasswd: tuple[int, Directive, Path] | None = None
-        self.peers: list[_Peer] = []
-        self.never_direct: list[tuple[int, Directive]] = []
-        self.timeouts: dict[str, float] = {}
-        self.ignored: dict[str, list[tuple[int, Directive]]] = {}
-        self.extra_denied: list[IPNetwork] = []
-        # The last directive read: where Squid's built-in defaults take over.
-        self.end: tuple[int, str] = (0, f"{source}:1")
 
-    def run(self, directives: Sequence[Directive]) -> Translation:
-        for index, directive in enumerate(directives):
-            self.directive(index, directive)
-            self.end = (index, directive.where)
-        for name, places in self.ignored.items():
-            self.report_ignored(name, places)
-        mapping = self.build()
-        return Translation(mapping=mapping, warnings=self.report.warnings(), source=self.source)
+class _Walk:
+    """One top-to-bottom pass over the http_access lines."""
 
-    def directive(self, index: int, d: Directive) -> None:
-        match d.name:
-            case "http_port":
-                self.http_port(index, d)
-            case "acl":
-                self.acl(index, d)
-            case "http_access":
-                self.http_access(index, d)
-            case "auth_param":
-                self.auth_param(index, d)
-            case "cache_peer":
-                self.cache_peer(index, d)
-            case "never_direct":
-                self.never_direct.append((index, d))
-            case "connect_timeout":
-                self.timeouts["connect"] = self.seconds(index, d)
-            case "read_timeout":
-                self.timeouts["idle"] = self.seconds(index, d)
-            case "cache":
-                if d.args != ("deny", "all"):
-                    self.report.warn(index, d.where, "`cache` ignored: there is no cache")
-            case "if" | "else" | "endif":
-                raise refuse(
-                    d,
-                    "conditional configuration (if/else/endif) cannot be translated: which "
-                    "branch Squid uses depends on its worker process; keep the branch you need",
-                )
-            case _:
-                self.ignored.setdefault(d.name, []).append((index, d))
+    def __init__(self, rules: Sequence[Rule], report: Report) -> None:
+        self.rules = rules
+        self.report = report
+        self.denied_networks: list[IPNetwork] = []
 
-    def report_ignored(self, name: str, places: list[tuple[int, Directive]]) -> None:
-        """One warning per directive name, at its first line, listing the other lines."""
-        index, first = places[0]
-        message = f"directive {name} ignored"
-        reason = _IGNORED_BECAUSE.get(name)
-        if reason:
-            message += f": {reason}"
-        others = [d.where for _, d in places[1:]]
-        if others:
-            shown = ", ".join(others[:5])
-            more = f" and {len(others) - 5} more" if len(others) > 5 else ""
-            message += f" (also at {shown}{more})"
-        self.report.warn(index, first.where, message)
-
-    def seconds(self, index: int, d: Directive) -> float:
-        """A Squid time value: "30 seconds", "2 minutes", "1.5 hours"... A bare number is
-        seconds, as older Squid releases read it (Squid 5 refuses it)."""
-        if not d.args or len(d.args) > 2:
-            raise refuse(d, f"{d.name} needs a time such as `{d.name} 30 seconds`")
-        try:
-            value = float(d.args[0])
-        except ValueError:
-            raise refuse(d, f"{d.name}: {d.args[0]!r} is not a number") from None
-        factor = 1.0
-        if len(d.args) == 2:
-            unit = d.args[1].lower()
-            factors = [f for name, f in _TIME_UNITS if unit.startswith(name)]
-            if not factors:
-                raise refuse(d, f"{d.name}: unknown time unit {d.args[1]!r}")
-            factor = factors[0]
-        else:
-            self.report.warn(index, d.where, f"{d.name} has no time unit: taken as seconds")
-        seconds = value * factor
-        if not math.isfinite(seconds) or seconds <= 0:
-            raise refuse(d, f"{d.name} must be a positive time")
-        return seconds
-
-    # --- http_port ---
-
-    def http_port(self, index: int, d: Directive) -> None:
-        self.saw_http_port = True
-        if not d.args:
-            raise refuse(d, "http_port needs a port, as in `http_port 3128`")
-        host, port = self.listen_address(d)
-        every_address = ":" not in d.args[0]
-        options = d.args[1:]
-        modes = sorted(_NOT_FORWARD_MODES.intersection(options))
-        if modes:
-            self.report.warn(
-                index,
-                d.where,
-                f"http_port in {'/'.join(modes)} mode is not a forward proxy listener; "
-                "connectproxy only serves explicit CONNECT proxies, so this port is not translated",
-            )
-            return
-        proxy_protocol = "require-proxy-header" in options
-        unknown = [o for o in options if o != "require-proxy-header"]
-        if "ssl-bump" in unknown:
-            self.report.warn(index, d.where, "ssl-bump ignored: connectproxy never intercepts TLS")
-            unknown.remove("ssl-bump")
-        if unknown:
-            self.report.warn(index, d.where, f"http_port options ignored: {' '.join(unknown)}")
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        if every_address:
-            self.report.warn(
-                index,
-                d.where,
-                f"Squid listens on every IPv4 and IPv6 address here; translated as {shown} "
-                f'(IPv4 only): add "[::]:{port}" to listen if clients connect over IPv6',
-            )
-        if proxy_protocol:
-            # Squid's require-proxy-header accepts both PROXY protocol versions.
-            self.listen.append({"address": shown, "proxy_protocol": "any"})
-        else:
-            self.listen.append(shown)
-
-    def listen_address(self, d: Directive) -> tuple[str, int]:
-        """Squid's `[host:]port`; a bare port listens on every address."""
-        text = d.args[0]
-        host_text, sep, port_text = text.rpartition(":")
-        if not sep:
-            host_text = "0.0.0.0"
-        elif host_text.startswith("[") and host_text.endswith("]"):
-            host_text = host_text[1:-1]
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-            raise refuse(d, f"http_port {text!r}: the port must be a number from 1 to 65535")
-        if host_text == "localhost":
-            host_text = "127.0.0.1"
-        try:
-            host = str(ipaddress.ip_address(host_text))
-        except ValueError:
-            raise refuse(
-                d,
-                f"http_port {text!r}: the address must be an IP address "
-                "(connectproxy does not resolve listen addresses)",
-            ) from None
-        return host, int(port_text)
-
-    # --- acl ---
-
-    def acl(self, index: int, d: Directive) -> None:
-        if len(d.args) < 2:
-            raise refuse(d, "acl needs a name and a type, as in `acl sensors src 10.1.0.0/16`")
-        name, squid_type, *rest = d.args
-        if name == "manager":
-            # Old configs define it; Squid 4+ keeps its built-in and says to remove the line.
-            self.report.warn(index, d.where, "acl manager is built in: this definition is ignored")
-            return
-        values = self.acl_values(index, d, rest)
-        acl_type = _SUPPORTED_TYPES.get(squid_type, "other")
-        previous = self.acls.get(name)
-        if previous is not None and previous.squid_type != squid_type:
-            raise refuse(
-                d, f"acl {name} is already defined with type {previous.squid_type} (Squid refuses)"
-            )
-        acl = previous or _Acl(name, acl_type, squid_type, defined_at=(index, d.where))
-        match acl_type:
-            case "src" | "dst":
-                nets = self.address_values(index, d, values)
-                acl = replace(acl, networks=collapse((*acl.networks, *nets)))
-            case "dstdomain":
-                domains = self.domain_values(index, d, values)
-                acl = replace(acl, domains=unique_patterns((*acl.domains, *domains)))
-            case "port":
-                acl = replace(acl, ports=acl.ports | self.port_values(index, d, values))
-            case "method":
-                acl = replace(acl, methods=acl.methods | {v.upper() for v in values})
-            case "proxy_auth":
-                if acl.users is None or "REQUIRED" in values:
-                    acl = replace(acl, users=None)
-                else:
-                    acl = replace(acl, users=acl.users | frozenset(values))
-            case _:
-                self.report.warn(
-                    index,
-                    d.where,
-                    f"acl {name}: type {squid_type} is not supported; "
-                    "http_access lines that use it are handled as reported below",
-                )
-        self.acls[name] = acl
-
-    def acl_values(self, index: int, d: Directive, words: list[str]) -> list[str]:
-        """Drop Squid's ACL flags: -i/+i (case) and -n (no DNS) change nothing here."""
-        position = 0
-        while position < len(words) and words[position][:1] in ("-", "+"):
-            flag = words[position]
-            position += 1
-            if flag == "--":
-                break
-            if flag not in ("-i", "+i", "-n"):
-                self.report.warn(index, d.where, f"acl flag {flag} ignored")
-        return words[position:]
-
-    def address_values(self, index: int, d: Directive, values: list[str]) -> list[IPNetwork]:
-        nets: list[IPNetwork] = []
-        for value in values:
-            try:
-                nets.extend(_address_value(value))
-            except ValueError as error:
-                self.report.warn(index, d.where, f"acl value {value!r} skipped: {error}")
-        return nets
-
-    def domain_values(self, index: int, d: Directive, values: list[str]) -> list[DomainPattern]:
-        patterns = []
-        for value in values:
-            try:
-                ipaddress.ip_address(value.strip("[]"))
-            except ValueError:
-                pass
-            else:
-                self.report.warn(
-                    index,
-                    d.where,
-                    f"dstdomain value {value!r} skipped: connectproxy refuses IP-address targets "
-                    "unless allow.networks lists them",
-                )
-                continue
-            if value.endswith("."):
-                # Squid compares dstdomain values literally: one written with a trailing dot
-                # never matches, so allowing the undotted name would widen access.
-                self.report.warn(
-                    index,
-                    d.where,
-                    f"dstdomain value {value!r} skipped: Squid never matches a value ending in "
-                    "'.'; write it without the dot to allow it",
-                )
-                continue
-            try:
-                if value.startswith("*"):
-                    raise ValueError("Squid has no wildcards in dstdomain")
-                pattern = parse_domain_pattern(value)
-            except ValueError as error:
-                self.report.warn(index, d.where, f"dstdomain value {value!r} skipped: {error}")
-                continue
-            text = "." + pattern.domain if pattern.kind == "suffix" else pattern.domain
-            patterns.append(DomainPattern(text=text, kind=pattern.kind, domain=pattern.domain))
-        return patterns
-
-    def port_values(self, index: int, d: Directive, values: list[str]) -> frozenset[int]:
-        ports: set[int] = set()
-        for value in values:
-            low_text, _, high_text = value.partition("-")
-            high_text = high_text or low_text
-            if not (low_text.isdigit() and high_text.isdigit()):
-                self.report.warn(
-                    index, d.where, f"port value {value!r} skipped: not a port or range"
-                )
-                continue
-            low, high = int(low_text), int(high_text)
-            if not 1 <= low <= high <= 65535:
-                self.report.warn(index, d.where, f"port value {value!r} skipped: outside 1-65535")
-                continue
-            ports.update(range(low, high + 1))
-        return frozenset(ports)
-
-    # --- http_access ---
-
-    def http_access(self, index: int, d: Directive) -> None:
-        if not d.args or d.args[0] not in ("allow", "deny"):
-            raise refuse(d, "http_access must be followed by allow or deny")
-        if len(d.args) == 1:
-            self.report.warn(
-                index, d.where, "http_access line without ACLs skipped (as Squid does)"
-            )
-            return
-        conditions = []
-        for word in d.args[1:]:
-            negated = word.startswith("!")
-            name = word[1:] if negated else word
-            acl = self.acls.get(name)
-            if acl is None:
-                raise refuse(d, f"http_access uses acl {name!r}, which is not defined above")
-            conditions.append(_Condition(acl, negated))
-        self.rules.append(_Rule(d.args[0] == "allow", tuple(conditions), d, index))
-
-    # --- auth_param ---
-
-    def auth_param(self, index: int, d: Directive) -> None:
-        if len(d.args) < 2:
-            raise refuse(d, "auth_param needs a scheme and a parameter")
-        scheme, parameter, *values = d.args
-        if scheme != "basic":
-            self.report.warn(
-                index,
-                d.where,
-                f"auth_param {scheme} ignored: connectproxy only does Basic authentication",
-            )
-            return
-        if parameter == "program":
-            self.auth_program(index, d, values)
-        elif parameter == "realm":
-            self.report.warn(
-                index,
-                d.where,
-                'auth_param basic realm ignored: connectproxy always uses realm "connectproxy"',
-            )
-        else:
-            self.report.warn(index, d.where, f"auth_param basic {parameter} ignored")
-
-    def auth_program(self, index: int, d: Directive, values: list[str]) -> None:
-        helper = Path(values[0]).name if values else ""
-        if helper not in ("basic_ncsa_auth", "ncsa_auth") or len(values) < 2:
-            self.report.warn(
-                index,
-                d.where,
-                "auth_param basic program ignored: only basic_ncsa_auth FILE (an htpasswd file) "
-                "can be translated",
-            )
-            return
-        self.htpasswd = (index, d, self.file_path(index, d, values[-1]))
-
-    def file_path(self, index: int, d: Directive, text: str) -> Path:
-        """An absolute path: the translated config may be saved anywhere, so a relative path
-        is anchored now, against the folder of the file that names it (Squid would use its
-        working directory, which a reader of the file cannot see)."""
-        path = Path(text)
-        if path.is_absolute():
-            return path
-        anchored = (Path(d.file).parent / path).absolute()
-        self.report.warn(
-            index,
-            d.where,
-            f"relative path {text!r} taken as {anchored} (Squid resolves it against its working "
-            "directory)",
-        )
-        return anchored
-
-    # --- cache_peer ---
-
-    def cache_peer(self, index: int, d: Directive) -> None:
-        if len(d.args) < 4:
-            raise refuse(d, "cache_peer needs: hostname type http-port icp-port [options]")
-        host, kind, port_text, _icp, *options = d.args
-        if kind != "parent":
-            self.report.warn(
-                index, d.where, f"cache_peer of type {kind} ignored: only parents chain"
-            )
-            return
-        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-            raise refuse(d, f"cache_peer port {port_text!r} must be a number from 1 to 65535")
-        if "originserver" in options:
-            self.report.warn(index, d.where, "cache_peer originserver ignored: it is not a proxy")
-            return
-        scheme = "https" if {"ssl", "tls"} & set(options) else "http"
-        shown_host = f"[{host}]" if ":" in host else host
-        entry: dict[str, Any] = {"url": f"{scheme}://{shown_host}:{port_text}"}
-        ignored = []
-        for option in options:
-            key, _, value = option.partition("=")
-            if key == "login":
-                self.peer_login(index, d, value, entry)
-            elif key in _PEER_FILE_OPTIONS and value:
-                entry[_PEER_FILE_OPTIONS[key]] = str(self.file_path(index, d, value))
-            elif option in ("ssl", "tls", "round-robin") or key == "name":
-                continue
-            elif option not in _HARMLESS_PEER_OPTIONS:
-                ignored.append(key)  # the name only: values may be secrets
-        if ignored:
-            self.report.warn(index, d.where, f"cache_peer options ignored: {' '.join(ignored)}")
-        self.peers.append(_Peer(d, index, entry, "round-robin" in options))
-
-    def peer_login(self, index: int, d: Directive, value: str, entry: dict[str, Any]) -> None:
-        user, sep, password = value.partition(":")
-        if value in ("PASS", "PASSTHRU", "PROXYPASS", "NEGOTIATE") or not sep or user in ("", "*"):
-            self.report.warn(
-                index,
-                d.where,
-                f"cache_peer login={value.split(':')[0]} ignored: connectproxy only sends "
-                "fixed credentials (login=user:password) to an upstream",
-            )
-            return
-        entry["username"] = user
-        entry["password"] = password
-        self.report.warn(
-            index,
-            d.where,
-            "the upstream password is written inline in the translated config; move it to a "
-            "file and set password_file instead",
-        )
-
-    # --- building the configuration ---
-
-    def build(self) -> dict[str, Any]:
-        if self.saw_http_port and not self.listen:
-            raise SquidImportError(
-                f"{self.source}: no http_port can be translated (see the warnings); "
-                "connectproxy needs at least one forward-proxy listener"
-            )
-        mapping: dict[str, Any] = {}
-        mapping["listen"] = self.listen or [f"0.0.0.0:{_DEFAULT_LISTEN_PORT}"]
-        terms = self.terms()
-        clients, use_htpasswd = self.admission(terms)
-        self.note_unused_sources()
-        domains, ports = self.allowlist(terms)
-        mapping["allow"] = {"ports": sorted(ports), "domains": [p.text for p in domains]}
-        mapping["clients"] = clients
-        if use_htpasswd and self.htpasswd is not None:
-            mapping["htpasswd_file"] = str(self.htpasswd[2])
-        elif self.htpasswd is not None:
-            index, d, _ = self.htpasswd
-            self.report.warn(
-                index,
-                d.where,
-                "no http_access allow line uses a proxy_auth acl, so the password file is unused",
-            )
-        if self.extra_denied:
-            # Setting the key replaces the defaults, so they are written out first (without
-            # their IPv4-mapped forms: connectproxy checks a mapped address as IPv4 anyway).
-            defaults = [n for n in DEFAULT_DENY_NETWORKS if not ipv4_mapped(n)]
-            denied = (*defaults, *collapse(self.extra_denied))
-            mapping["destinations"] = {"deny_networks": [net_text(n) for n in denied]}
-        upstream = self.upstream()
-        if upstream is not None:
-            mapping["upstream"] = upstream
-        if self.timeouts:
-            mapping["timeouts"] = {k: _number(v) for k, v in self.timeouts.items()}
-        return mapping
-
-    # --- http_access lines → terms ---
-
-    def terms(self) -> list[_Term]:
+    def terms(self, end: tuple[int, str]) -> list[Term]:
         """The allow lines as connectproxy applies them, each narrowed by the denies above it."""
-        terms: list[_Term] = []
-        denies: list[tuple[_Rule, _Match]] = []
+        terms: list[Term] = []
+        denies: list[tuple[Rule, Match]] = []
         rules = list(self.rules)
         if rules and not rules[-1].allow:
             # Squid: when no line matches, the answer is the opposite of the last line's.
             last = rules[-1]
             rules.append(replace(last, allow=True, conditions=(), implicit=True))
         elif not rules:
-            index, where = self.end
+            index, where = end
             self.report.warn(
                 index,
                 where,
@@ -795,7 +306,7 @@ class _Translator:
                 denies.append((rule, match))
         return terms
 
-    def note_unreachable(self, final: _Rule, later: list[_Rule]) -> None:
+    def note_unreachable(self, final: Rule, later: list[Rule]) -> None:
         """Lines after `deny all` do nothing, in Squid as here; sensors appended at the end of
         squid.conf are a classic mistake worth pointing at."""
         for rule in later:
@@ -806,13 +317,13 @@ class _Translator:
                     "request before it (as in Squid)",
                 )
 
-    def match_of(self, rule: _Rule) -> _Match | None:
+    def match_of(self, rule: Rule) -> Match | None:
         """The CONNECT requests `rule` matches, or None if it can never match one.
 
         A condition connectproxy cannot evaluate makes an allow line match nothing (stricter)
         and a deny line be skipped (reported as wider than Squid).
         """
-        match = _Match()
+        match = Match()
         for condition in rule.conditions:
             acl, negated = condition.acl, condition.negated
             if acl.type == "src":
@@ -841,12 +352,12 @@ class _Translator:
                         patterns = intersect_patterns(match.domains, patterns)
                     match = replace(match, domains=patterns)
             elif acl.type == "proxy_auth" and rule.allow and not negated:
-                users = _Users(acl.users)
+                users = Users(acl.users)
                 joined_users = users if match.users is None else match.users.intersect(users)
                 match = replace(match, users=joined_users)
             elif acl.type == "proxy_auth" and not rule.allow and negated and match.users is None:
                 # `deny !auth`: refuses whoever is not (one of) these users.
-                match = replace(match, users=_Users(acl.users), users_negated=True)
+                match = replace(match, users=Users(acl.users), users_negated=True)
             elif acl.type == "dst" and negated == rule.allow:
                 # `deny dst_acl` or `allow ... !dst_acl`: becomes destinations.deny_networks.
                 match = replace(match, destinations=(*match.destinations, *acl.networks))
@@ -860,7 +371,7 @@ class _Translator:
             match = replace(match, destinations=())
         return match
 
-    def unsupported(self, rule: _Rule, condition: _Condition) -> None:
+    def unsupported(self, rule: Rule, condition: Condition) -> None:
         what = f"{condition.text} (acl type {condition.acl.squid_type})"
         if rule.allow:
             self.report.warn_line(
@@ -875,11 +386,11 @@ class _Translator:
                 "refused with it may be let through (the allowlist still applies)",
             )
 
-    def refuse_destinations(self, rule: _Rule, networks: tuple[IPNetwork, ...]) -> None:
+    def refuse_destinations(self, rule: Rule, networks: tuple[IPNetwork, ...]) -> None:
         """`allow ... !dst_acl`: those destinations are refused for every client instead."""
         extra = subtract(collapse(networks), DEFAULT_DENY_NETWORKS)
         if extra:
-            self.extra_denied.extend(extra)
+            self.denied_networks.extend(extra)
             self.report.warn_line(
                 rule,
                 "destination networks "
@@ -887,12 +398,12 @@ class _Translator:
                 + " are added to destinations.deny_networks, for every client",
             )
 
-    def deny_destinations(self, rule: _Rule, match: _Match) -> None:
+    def deny_destinations(self, rule: Rule, match: Match) -> None:
         """`deny ... dst_acl` (e.g. to_localhost) becomes destinations.deny_networks."""
         extra = subtract(collapse(match.destinations), DEFAULT_DENY_NETWORKS)
         if not extra:
             return  # already refused by connectproxy's default deny_networks
-        self.extra_denied.extend(extra)
+        self.denied_networks.extend(extra)
         if match.dimensions():
             scope = "Squid refused them only for the requests this line matches"
         elif any(r.allow and r.index < rule.index for r in self.rules):
@@ -907,8 +418,8 @@ class _Translator:
         )
 
     def apply_denies(
-        self, rule: _Rule, match: _Match, denies: list[tuple[_Rule, _Match]]
-    ) -> _Term | None:
+        self, rule: Rule, match: Match, denies: list[tuple[Rule, Match]]
+    ) -> Term | None:
         """Take away from an allow line what the deny lines above it refuse."""
         for deny, refused in denies:
             if _disjoint(match, refused):
@@ -927,272 +438,10 @@ class _Translator:
             if narrowed is None:
                 return None
             match = narrowed
-        client = _client_name(rule)
-        return _Term(rule, match, client)
-
-    # --- admission ---
-
-    def admission(self, terms: list[_Term]) -> tuple[list[dict[str, Any]], bool]:
-        """`clients` from the lines that admit by address; whether the htpasswd file is needed."""
-        networks: dict[str, list[IPNetwork]] = {}
-        use_htpasswd = False
-        for term in terms:
-            match, rule = term.match, term.rule
-            if match.users is not None:
-                use_htpasswd = self.password_admission(term) or use_htpasswd
-                continue
-            sources = ANYWHERE if match.sources is None else match.sources
-            networks.setdefault(term.client, []).extend(sources)
-            everyone = " and ".join(net_text(n) for n in sources if n.prefixlen == 0)
-            if everyone:
-                because = "this line has no src acl, so" if term.client == "any" else "its src acl:"
-                self.report.warn_line(
-                    rule,
-                    f"{because} ANY source address is admitted without a password (client "
-                    f"{term.client!r}: {everyone}); restrict it to your sensors' networks",
-                )
-        clients = [
-            {"name": name, "networks": [net_text(n) for n in collapse(nets)]}
-            for name, nets in networks.items()
-        ]
-        return clients, use_htpasswd
-
-    def note_unused_sources(self) -> None:
-        """A src acl no http_access line uses admits nobody, in Squid as here. Saying so
-        explains, for example, why Debian's stock `localnet` is not a client."""
-        used = {c.acl.name for rule in self.rules for c in rule.conditions}
-        for acl in self.acls.values():
-            if acl.type == "src" and acl.defined_at is not None and acl.name not in used:
-                index, where = acl.defined_at
-                self.report.warn(
-                    index,
-                    where,
-                    f"acl {acl.name} is not used by any http_access line, so its addresses are "
-                    "not admitted (as in Squid)",
-                )
-
-    def password_admission(self, term: _Term) -> bool:
-        """A proxy_auth line admits the users of the htpasswd file; say what that loses."""
-        match, rule = term.match, term.rule
-        if self.htpasswd is None:
-            self.report.warn_line(
-                rule,
-                "needs a password, but there is no `auth_param basic program basic_ncsa_auth "
-                "FILE` to translate: nobody is admitted by password (stricter than Squid)",
-            )
-            return False
-        password_file = self.htpasswd[2]
-        if match.users is not None and match.users.names is not None:
-            names = ", ".join(sorted(match.users.names))
-            self.report.warn_line(
-                rule,
-                f"Squid admitted only the users {names}; connectproxy admits every user in "
-                f"{password_file}: remove the others from that file",
-            )
-        if match.sources is not None:
-            self.report.warn_line(
-                rule,
-                f"Squid admitted these users only from {term.client}; connectproxy admits "
-                f"users of {password_file} from any address",
-            )
-        return True
-
-    # --- the allowlist ---
-
-    def allowlist(self, terms: list[_Term]) -> tuple[list[DomainPattern], frozenset[int]]:
-        """allow.domains and allow.ports, with every way they differ from Squid reported."""
-        named = unique_patterns(p for t in terms if t.match.domains for p in t.match.domains)
-        open_terms = [t for t in terms if t.match.domains is None]
-        if named:
-            for term in open_terms:
-                self.report.warn_line(
-                    term.rule,
-                    "Squid lets this line reach any host; connectproxy limits it to allow.domains "
-                    "(the dstdomain acls of the other allow lines)",
-                )
-            domains = list(named)
-        else:
-            for term in open_terms:
-                self.report.warn_line(
-                    term.rule,
-                    "Squid lets this line reach any host; no allow line names a dstdomain acl, "
-                    "so allow.domains is the Defender for IoT allowlist: "
-                    + ", ".join(DEFENDER_ALLOWLIST),
-                )
-            domains = [parse_domain_pattern(text) for text in DEFENDER_ALLOWLIST]
-        domains = self.apply_exceptions(terms, domains)
-        if not domains and terms:
-            self.report.warn_line(
-                terms[0].rule, "allow.domains ends up empty: no host is reachable"
-            )
-        term_ports = {id(t): self.term_ports(t) for t in terms}
-        ports = frozenset(p for allowed in term_ports.values() for p in allowed)
-        if not terms:
-            ports = frozenset({_TLS_PORT})
-        self.plain_http_note(terms)
-        self.check_widening(terms, domains, term_ports, ports)
-        return domains, ports
-
-    def apply_exceptions(
-        self, terms: list[_Term], domains: list[DomainPattern]
-    ) -> list[DomainPattern]:
-        """Hosts a line excludes: drop allowlist entries they cover, report the rest."""
-        kept = list(domains)
-        for term in terms:
-            for excluded in term.match.except_domains:
-                for allowed in list(kept):
-                    if covers(excluded, allowed):
-                        kept.remove(allowed)
-                        self.report.warn_line(
-                            term.rule,
-                            f"{allowed.text} is refused for this line, so it is removed from "
-                            "allow.domains for every client",
-                        )
-                    elif covers(allowed, excluded):
-                        self.report.warn_line(
-                            term.rule,
-                            f"Squid refuses {excluded.text} for this line, but connectproxy "
-                            f"cannot make an exception inside {allowed.text}: those hosts "
-                            "are reachable (wider than Squid)",
-                        )
-        return kept
-
-    def term_ports(self, term: _Term) -> frozenset[int]:
-        """The ports a line allows, narrowed to what allow.ports can reasonably list."""
-        ports = term.match.ports
-        connect_rule = self.connect_ports_rule()
-        narrowed = connect_rule[1] if connect_rule is not None else frozenset({_TLS_PORT})
-        shown = ", ".join(str(p) for p in sorted(narrowed)[:20])
-        if ports is None:
-            if connect_rule is not None:
-                self.report.warn_line(
-                    term.rule,
-                    f"this line comes before {connect_rule[0].text} "
-                    f"({connect_rule[0].directive.where}), so Squid tunnels to ANY port for it; "
-                    f"connectproxy allows only ports {shown}",
-                )
-            else:
-                self.report.warn_line(
-                    term.rule,
-                    "no `http_access deny CONNECT !SSL_ports` line limits the ports, so Squid "
-                    f"tunnels to ANY port for this line; connectproxy allows only port {shown}",
-                )
-            return narrowed
-        if len(ports) > _MAX_LISTED_PORTS:
-            kept = ports & narrowed
-            if not kept:
-                raise SquidImportError(
-                    f"{term.rule.directive.where}: {term.rule.text} allows {len(ports)} ports "
-                    "and none of them is a TLS port; list the ports sensors need in a port acl"
-                )
-            self.report.warn_line(
-                term.rule,
-                f"Squid allows {len(ports)} ports here; connectproxy lists only "
-                f"{', '.join(str(p) for p in sorted(kept))}",
-            )
-            return kept
-        return ports
-
-    def connect_ports_rule(self) -> tuple[_Rule, frozenset[int]] | None:
-        """The `deny CONNECT !SSL_ports` line (whatever the port acl's name) and its ports."""
-        for rule in self.rules:
-            if rule.allow or len(rule.conditions) != 2:
-                continue
-            method = [c for c in rule.conditions if c.acl.type == "method" and not c.negated]
-            port = [c for c in rule.conditions if c.acl.type == "port" and c.negated]
-            if method and port and "CONNECT" in method[0].acl.methods:
-                return rule, port[0].acl.ports
-        return None
-
-    def plain_http_note(self, terms: list[_Term]) -> None:
-        """Squid forwards plain HTTP for a line not limited to CONNECT; say it once."""
-        for term in terms:
-            limited = any(
-                c.acl.type == "method" and not c.negated and c.acl.methods == {"CONNECT"}
-                for c in term.rule.conditions
-            )
-            if not limited:
-                self.report.warn_line(
-                    term.rule,
-                    "Squid also forwards plain-HTTP requests (GET http://...) this line allows; "
-                    "connectproxy only tunnels CONNECT and answers 405 to anything else",
-                )
-                return
-
-    def check_widening(
-        self,
-        terms: list[_Term],
-        domains: list[DomainPattern],
-        term_ports: dict[int, frozenset[int]],
-        ports: frozenset[int],
-    ) -> None:
-        """One allowlist for everyone: report clients that now reach more than in Squid."""
-        for term in terms:
-            covering = [other for other in terms if _admits_all_of(other.match, term.match)]
-            missing_domains: set[str] = set()
-            missing_ports: set[int] = set()
-            for pattern in domains:
-                for port in ports:
-                    # What Squid let `other` reach, before any narrowing of ours.
-                    reached = any(
-                        (other.match.ports is None or port in other.match.ports)
-                        and (
-                            other.match.domains is None
-                            or any(covers(p, pattern) for p in other.match.domains)
-                        )
-                        for other in covering
-                    )
-                    if not reached:
-                        missing_domains.add(pattern.text)
-                        missing_ports.add(port)
-            if missing_domains:
-                who = "its users" if term.match.users is not None else f"client {term.client!r}"
-                self.report.warn_line(
-                    term.rule,
-                    f"in Squid {who} could not reach every allowlist entry on every allowed port; "
-                    "connectproxy has one allowlist for all clients, so it now also reaches "
-                    f"{', '.join(sorted(missing_domains))} (ports "
-                    f"{', '.join(str(p) for p in sorted(missing_ports))}) — wider than Squid",
-                )
-
-    # --- upstream ---
-
-    def upstream(self) -> dict[str, Any] | None:
-        for index, d in self.never_direct:
-            if not self.peers:
-                self.report.warn(
-                    index,
-                    d.where,
-                    "never_direct without a cache_peer parent: Squid could forward nothing; "
-                    "connectproxy connects directly",
-                )
-            elif d.args != ("allow", "all"):
-                self.report.warn(
-                    index,
-                    d.where,
-                    "never_direct translated as `never_direct allow all`: every tunnel goes "
-                    "through the upstream",
-                )
-        if not self.peers:
-            return None
-        if not self.never_direct:
-            first = self.peers[0]
-            self.report.warn(
-                first.index,
-                first.directive.where,
-                "no `never_direct allow all`: Squid may connect directly (for example when the "
-                "parent is down); connectproxy sends every tunnel through the upstream",
-            )
-        upstream: dict[str, Any] = {"proxies": [peer.entry for peer in self.peers]}
-        if any(peer.round_robin for peer in self.peers):
-            upstream["strategy"] = "round_robin"
-        return upstream
+        return Term(rule, match, _client_name(rule))
 
 
-# --- policy helpers ---------------------------------------------------------------------------
-
-
-def _client_name(rule: _Rule) -> str:
+def _client_name(rule: Rule) -> str:
     """Named after the line's src acls (`sensor1`, `localnet`), `any` when it has none."""
     parts = [
         ("not-" if c.negated else "") + c.acl.name
@@ -1202,7 +451,7 @@ def _client_name(rule: _Rule) -> str:
     return "-".join(parts) if parts else "any"
 
 
-def _disjoint(allowed: _Match, refused: _Match) -> bool:
+def _disjoint(allowed: Match, refused: Match) -> bool:
     """True when no request matches both: the deny line cannot affect the allow line."""
     sources_apart = allowed.sources is not None and refused.sources is not None
     if sources_apart and not intersect(allowed.sources or (), refused.sources or ()):
@@ -1227,7 +476,7 @@ def _disjoint(allowed: _Match, refused: _Match) -> bool:
     return False
 
 
-def _subtract_dimension(allowed: _Match, refused: _Match, dimension: str) -> _Match | None:
+def _subtract_dimension(allowed: Match, refused: Match, dimension: str) -> Match | None:
     """`allowed` minus every request with `refused`'s value of one dimension (None: nothing left).
 
     When `refused` constrains only this dimension the result is exact; otherwise it is stricter
@@ -1267,7 +516,256 @@ def _subtract_dimension(allowed: _Match, refused: _Match, dimension: str) -> _Ma
     return replace(allowed, domains=remaining, except_domains=(*allowed.except_domains, *inside))
 
 
-def _admits_all_of(wide: _Match, narrow: _Match) -> bool:
+# --- the clients and the allowlist ------------------------------------------------------------
+
+# SPEC section 3.1: what a Defender for IoT sensor needs to reach.
+DEFENDER_ALLOWLIST = (
+    ".azure-devices.net",
+    ".blob.core.windows.net",
+    ".servicebus.windows.net",
+    "download.microsoft.com",
+)
+
+# The port sensors tunnel to, and allow.ports when squid.conf does not say.
+_TLS_PORT = 443
+# allow.ports is written out port by port; beyond this many it stops being a readable policy.
+_MAX_LISTED_PORTS = 1024
+
+
+def access(
+    terms: Sequence[Term],
+    rules: Sequence[Rule],
+    htpasswd: tuple[int, Directive, Path] | None,
+    report: Report,
+) -> dict[str, Any]:
+    """The keys that say who may go where: `allow`, `clients` and, when an allow line needs a
+    password, `htpasswd_file`. `htpasswd` is the translated `auth_param basic program` line
+    (directive index, directive, password file), or None."""
+    password_file = htpasswd[2] if htpasswd is not None else None
+    clients, use_htpasswd = _admission(terms, password_file, report)
+    domains, ports = _allowlist(terms, rules, report)
+    mapping: dict[str, Any] = {
+        "allow": {"ports": sorted(ports), "domains": [p.text for p in domains]},
+        "clients": clients,
+    }
+    if use_htpasswd and htpasswd is not None:
+        mapping["htpasswd_file"] = str(htpasswd[2])
+    elif htpasswd is not None:
+        index, d, _ = htpasswd
+        report.warn(
+            index,
+            d.where,
+            "no http_access allow line uses a proxy_auth acl, so the password file is unused",
+        )
+    return mapping
+
+
+# --- admission --------------------------------------------------------------------------------
+
+
+def _admission(
+    terms: Sequence[Term], password_file: Path | None, report: Report
+) -> tuple[list[dict[str, Any]], bool]:
+    """`clients` from the lines that admit by address; whether the htpasswd file is needed."""
+    networks: dict[str, list[IPNetwork]] = {}
+    use_htpasswd = False
+    for term in terms:
+        match, rule = term.match, term.rule
+        if match.users is not None:
+            use_htpasswd = _password_admission(term, password_file, report) or use_htpasswd
+            continue
+        sources = ANYWHERE if match.sources is None else match.sources
+        networks.setdefault(term.client, []).extend(sources)
+        everyone = " and ".join(net_text(n) for n in sources if n.prefixlen == 0)
+        if everyone:
+            because = "this line has no src acl, so" if term.client == "any" else "its src acl:"
+            report.warn_line(
+                rule,
+                f"{because} ANY source address is admitted without a password (client "
+                f"{term.client!r}: {everyone}); restrict it to your sensors' networks",
+            )
+    clients = [
+        {"name": name, "networks": [net_text(n) for n in collapse(nets)]}
+        for name, nets in networks.items()
+    ]
+    return clients, use_htpasswd
+
+
+def _password_admission(term: Term, password_file: Path | None, report: Report) -> bool:
+    """A proxy_auth line admits the users of the htpasswd file; say what that loses."""
+    match, rule = term.match, term.rule
+    if password_file is None:
+        report.warn_line(
+            rule,
+            "needs a password, but there is no `auth_param basic program basic_ncsa_auth "
+            "FILE` to translate: nobody is admitted by password (stricter than Squid)",
+        )
+        return False
+    if match.users is not None and match.users.names is not None:
+        names = ", ".join(sorted(match.users.names))
+        report.warn_line(
+            rule,
+            f"Squid admitted only the users {names}; connectproxy admits every user in "
+            f"{password_file}: remove the others from that file",
+        )
+    if match.sources is not None:
+        report.warn_line(
+            rule,
+            f"Squid admitted these users only from {term.client}; connectproxy admits "
+            f"users of {password_file} from any address",
+        )
+    return True
+
+
+# --- the allowlist ----------------------------------------------------------------------------
+
+
+def _allowlist(
+    terms: Sequence[Term], rules: Sequence[Rule], report: Report
+) -> tuple[list[DomainPattern], frozenset[int]]:
+    """allow.domains and allow.ports, with every way they differ from Squid reported."""
+    named = unique_patterns(p for t in terms if t.match.domains for p in t.match.domains)
+    open_terms = [t for t in terms if t.match.domains is None]
+    if named:
+        for term in open_terms:
+            report.warn_line(
+                term.rule,
+                "Squid lets this line reach any host; connectproxy limits it to allow.domains "
+                "(the dstdomain acls of the other allow lines)",
+            )
+        domains = list(named)
+    else:
+        for term in open_terms:
+            report.warn_line(
+                term.rule,
+                "Squid lets this line reach any host; no allow line names a dstdomain acl, "
+                "so allow.domains is the Defender for IoT allowlist: "
+                + ", ".join(DEFENDER_ALLOWLIST),
+            )
+        domains = [parse_domain_pattern(text) for text in DEFENDER_ALLOWLIST]
+    domains = _apply_exceptions(terms, domains, report)
+    if not domains and terms:
+        report.warn_line(terms[0].rule, "allow.domains ends up empty: no host is reachable")
+    ports = frozenset(p for term in terms for p in _term_ports(term, rules, report))
+    if not terms:
+        ports = frozenset({_TLS_PORT})
+    _plain_http_note(terms, report)
+    _check_widening(terms, domains, ports, report)
+    return domains, ports
+
+
+def _apply_exceptions(
+    terms: Sequence[Term], domains: list[DomainPattern], report: Report
+) -> list[DomainPattern]:
+    """Hosts a line excludes: drop allowlist entries they cover, report the rest."""
+    kept = list(domains)
+    for term in terms:
+        for excluded in term.match.except_domains:
+            for allowed in list(kept):
+                if covers(excluded, allowed):
+                    kept.remove(allowed)
+                    report.warn_line(
+                        term.rule,
+                        f"{allowed.text} is refused for this line, so it is removed from "
+                        "allow.domains for every client",
+                    )
+                elif covers(allowed, excluded):
+                    report.warn_line(
+                        term.rule,
+                        f"Squid refuses {excluded.text} for this line, but connectproxy "
+                        f"cannot make an exception inside {allowed.text}: those hosts "
+                        "are reachable (wider than Squid)",
+                    )
+    return kept
+
+
+def _term_ports(term: Term, rules: Sequence[Rule], report: Report) -> frozenset[int]:
+    """The ports a line allows, narrowed to what allow.ports can reasonably list."""
+    ports = term.match.ports
+    connect_rule = connect_ports_rule(rules)
+    narrowed = connect_rule[1] if connect_rule is not None else frozenset({_TLS_PORT})
+    shown = ", ".join(str(p) for p in sorted(narrowed)[:20])
+    if ports is None:
+        if connect_rule is not None:
+            report.warn_line(
+                term.rule,
+                f"this line comes before {connect_rule[0].text} "
+                f"({connect_rule[0].directive.where}), so Squid tunnels to ANY port for it; "
+                f"connectproxy allows only ports {shown}",
+            )
+        else:
+            report.warn_line(
+                term.rule,
+                "no `http_access deny CONNECT !SSL_ports` line limits the ports, so Squid "
+                f"tunnels to ANY port for this line; connectproxy allows only port {shown}",
+            )
+        return narrowed
+    if len(ports) > _MAX_LISTED_PORTS:
+        kept = ports & narrowed
+        if not kept:
+            raise SquidImportError(
+                f"{term.rule.directive.where}: {term.rule.text} allows {len(ports)} ports "
+                "and none of them is a TLS port; list the ports sensors need in a port acl"
+            )
+        report.warn_line(
+            term.rule,
+            f"Squid allows {len(ports)} ports here; connectproxy lists only "
+            f"{', '.join(str(p) for p in sorted(kept))}",
+        )
+        return kept
+    return ports
+
+
+def _plain_http_note(terms: Sequence[Term], report: Report) -> None:
+    """Squid forwards plain HTTP for a line not limited to CONNECT; say it once."""
+    for term in terms:
+        limited = any(
+            c.acl.type == "method" and not c.negated and c.acl.methods == {"CONNECT"}
+            for c in term.rule.conditions
+        )
+        if not limited:
+            report.warn_line(
+                term.rule,
+                "Squid also forwards plain-HTTP requests (GET http://...) this line allows; "
+                "connectproxy only tunnels CONNECT and answers 405 to anything else",
+            )
+            return
+
+
+def _check_widening(
+    terms: Sequence[Term], domains: list[DomainPattern], ports: frozenset[int], report: Report
+) -> None:
+    """One allowlist for everyone: report clients that now reach more than in Squid."""
+    for term in terms:
+        covering = [other for other in terms if _admits_all_of(other.match, term.match)]
+        missing_domains: set[str] = set()
+        missing_ports: set[int] = set()
+        for pattern in domains:
+            for port in ports:
+                # What Squid let `other` reach, before any narrowing of ours.
+                reached = any(
+                    (other.match.ports is None or port in other.match.ports)
+                    and (
+                        other.match.domains is None
+                        or any(covers(p, pattern) for p in other.match.domains)
+                    )
+                    for other in covering
+                )
+                if not reached:
+                    missing_domains.add(pattern.text)
+                    missing_ports.add(port)
+        if missing_domains:
+            who = "its users" if term.match.users is not None else f"client {term.client!r}"
+            report.warn_line(
+                term.rule,
+                f"in Squid {who} could not reach every allowlist entry on every allowed port; "
+                "connectproxy has one allowlist for all clients, so it now also reaches "
+                f"{', '.join(sorted(missing_domains))} (ports "
+                f"{', '.join(str(p) for p in sorted(missing_ports))}) — wider than Squid",
+            )
+
+
+def _admits_all_of(wide: Match, narrow: Match) -> bool:
     """Whether every client `narrow` admits is also admitted by `wide` (same credentials)."""
     if narrow.users is not None:
         if wide.users is None:
@@ -1280,48 +778,3 @@ def _admits_all_of(wide: _Match, narrow: _Match) -> bool:
     if narrow.sources is None:
         return False
     return not subtract(narrow.sources, wide.sources)
-
-
-# --- address values -------------------------------------------------------------------------
-
-
-def _address_value(value: str) -> list[IPNetwork]:
-    """One src/dst value: `all`, an address, `addr/prefix`, `addr/mask`, `a-b` or `a-b/mask`."""
-    if value == "all":
-        return list(ANYWHERE)
-    text, _, mask = value.partition("/")
-    if "-" in text:
-        low_text, _, high_text = text.partition("-")
-        low = ipaddress.ip_address(low_text)
-        high = ipaddress.ip_address(high_text)
-        if low.version != high.version or int(low) > int(high):
-            raise ValueError("not an address range low-high")
-        prefix = ipaddress.ip_network(f"{low}/{mask}", strict=False).prefixlen if mask else None
-        return _range_networks(int(low), int(high), low.version, prefix)
-    try:
-        return [ipaddress.ip_network(value, strict=False)]
-    except ValueError:
-        raise ValueError(
-            "not an IP address, network or range (Squid would resolve a host name once at "
-            "start-up; write its address instead)"
-        ) from None
-
-
-def _range_networks(low: int, high: int, version: int, prefix: int | None) -> list[IPNetwork]:
-    """Squid's `a-b/mask` matches an address whose masked value lies between a and b."""
-    bits = 32 if version == 4 else 128
-    if prefix is not None:
-        block = 1 << (bits - prefix)
-        low = -(-low // block) * block
-        high = (high // block) * block + block - 1
-        if low > high:
-            return []
-    if version == 4:
-        first4, last4 = ipaddress.IPv4Address(low), ipaddress.IPv4Address(high)
-        return list(ipaddress.summarize_address_range(first4, last4))
-    first6, last6 = ipaddress.IPv6Address(low), ipaddress.IPv6Address(high)
-    return list(ipaddress.summarize_address_range(first6, last6))
-
-
-def _number(value: float) -> int | float:
-    return int(value) if value.is_integer() else value
