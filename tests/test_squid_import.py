@@ -20,13 +20,9 @@ from hypothesis import strategies as st
 from connectproxy.config.model import DEFAULT_DENY_NETWORKS, Config, Listener
 from connectproxy.configfile.load import ConfigError, config_from_mapping, parse_config
 from connectproxy.configfile.squid.parse import Directive, SquidConfError, read_squid_conf
+from connectproxy.configfile.squid.policy import DEFENDER_ALLOWLIST
 from connectproxy.configfile.squid.report import SquidImportError
-from connectproxy.configfile.squid.translate import (
-    DEFENDER_ALLOWLIST,
-    Translation,
-    translate,
-    translate_file,
-)
+from connectproxy.configfile.squid.translate import Translation, translate, translate_file
 
 DATA = Path(__file__).parent / "data" / "squid"
 STOCK = Path("/etc/squid/squid.conf")
