@@ -34,7 +34,8 @@ def _config_loader(args: argparse.Namespace) -> Callable[[], Config]:
 
         def load_squid() -> Config:
             from connectproxy.configfile.squid.parse import SquidConfError
-            from connectproxy.configfile.squid.translate import SquidImportError, translate_file
+            from connectproxy.configfile.squid.report import SquidImportError
+            from connectproxy.configfile.squid.translate import translate_file
 
             try:
                 translation = translate_file(path)
@@ -158,7 +159,8 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 
 def cmd_import_squid(args: argparse.Namespace) -> int:
     from connectproxy.configfile.squid.parse import SquidConfError
-    from connectproxy.configfile.squid.translate import SquidImportError, translate_file
+    from connectproxy.configfile.squid.report import SquidImportError
+    from connectproxy.configfile.squid.translate import translate_file
 
     path = Path(args.file)
     try:

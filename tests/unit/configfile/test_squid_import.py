@@ -19,14 +19,10 @@ from hypothesis import strategies as st
 
 from connectproxy.config.model import DEFAULT_DENY_NETWORKS, Config, Listener
 from connectproxy.configfile.load import ConfigError, config_from_mapping, parse_config
+from connectproxy.configfile.squid.access import DEFENDER_ALLOWLIST
 from connectproxy.configfile.squid.parse import Directive, SquidConfError, read_squid_conf
-from connectproxy.configfile.squid.translate import (
-    DEFENDER_ALLOWLIST,
-    SquidImportError,
-    Translation,
-    translate,
-    translate_file,
-)
+from connectproxy.configfile.squid.report import SquidImportError
+from connectproxy.configfile.squid.translate import Translation, translate, translate_file
 from tests.support import DATA as SUPPORT_DATA
 
 DATA = SUPPORT_DATA / "squid"

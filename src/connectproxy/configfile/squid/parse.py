@@ -1,6 +1,6 @@
 """Reading squid.conf into a flat list of directives, the way Squid itself reads it.
 
-The translator (`squidimport.py`) must see exactly the directives Squid would see, in the same
+The translator (`translate.py`) must see exactly the directives Squid would see, in the same
 order, or it would translate a different policy from the one the operator runs. So this reader
 follows Squid's own line handling rather than a generic "key value" split:
 
