@@ -38,8 +38,8 @@ from connectproxy.configfile.load import (
     load_config,
     load_default,
     parse_config,
-    summarize,
 )
+from connectproxy.configfile.summary import summarize
 from connectproxy.credentials.passwords import hash_password
 
 REPO = Path(__file__).resolve().parents[1]
