@@ -28,8 +28,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
-
 from connectproxy.config.model import (
     AccessFormat,
     Allow,
@@ -50,6 +48,8 @@ from connectproxy.config.model import (
     UpstreamProxy,
     User,
 )
+from connectproxy.configfile.errors import ConfigError, Where, locate
+from connectproxy.configfile.yamlreader import LineList, LineMap, read_yaml
 from connectproxy.credentials.passwords import Htpasswd, HtpasswdError, check_hash_format
 from connectproxy.matching.addresses import is_denied, normalise
 from connectproxy.matching.domains import DomainPattern, parse_domain_pattern
@@ -70,135 +70,6 @@ DEFAULT_CONFIG_PATH = Path("/etc/connectproxy/connectproxy.yaml")
 EMBEDDED_SOURCE = "<embedded default>"
 
 _Choice = TypeVar("_Choice", bound=str)
-
-
-# --- errors -----------------------------------------------------------------------------------
-
-
-def _locate(file: str, line: int | None, key_path: str | None, message: str) -> str:
-    """Format as FILE:LINE: KEY.PATH: message, leaving out what is unknown.
-
-    FILE:LINE first because editors and terminals turn it into a link to the line.
-    """
-    where = file if line is None else f"{file}:{line}"
-    return f"{where}: {key_path}: {message}" if key_path else f"{where}: {message}"
-
-
-class ConfigError(Exception):
-    """A configuration the proxy refuses to run with. `str()` is the whole message for the user."""
-
-    def __init__(self, file: str, key_path: str | None, line: int | None, message: str) -> None:
-        super().__init__(file, key_path, line, message)
-        self.file = file
-        self.key_path = key_path
-        self.line = line
-        self.message = message
-
-    def __str__(self) -> str:
-        return _locate(self.file, self.line, self.key_path, self.message)
-
-
-# --- YAML with line numbers -------------------------------------------------------------------
-
-
-class _LineMap(dict[Any, Any]):
-    """A YAML mapping that remembers the line of each key, and any key written twice.
-
-    Duplicates are recorded rather than raised here so the validator can report them with the
-    full key path, which the YAML layer does not know.
-    """
-
-    def __init__(self, line: int) -> None:
-        super().__init__()
-        self.line = line
-        self.key_lines: dict[Any, int] = {}
-        # (key, line of the repetition, line of the first occurrence)
-        self.duplicates: list[tuple[Any, int, int]] = []
-
-
-class _LineList(list[Any]):
-    """A YAML sequence that remembers the line of each item."""
-
-    def __init__(self, line: int) -> None:
-        super().__init__()
-        self.line = line
-        self.item_lines: list[int] = []
-
-
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader (no arbitrary objects) whose mappings and sequences carry 1-based lines."""
-
-
-def _line(node: yaml.Node) -> int:
-    return node.start_mark.line + 1
-
-
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> _LineMap:
-    # `<<: *anchor` merges are allowed; a key written explicitly may override a merged one (that
-    # is what merges are for), but two explicit spellings of one key are a duplicate.
-    own_pairs = sum(1 for key_node, _ in node.value if key_node.tag != _MERGE_TAG)
-    loader.flatten_mapping(node)
-    first_own = len(node.value) - own_pairs
-    result = _LineMap(_line(node))
-    own_keys: set[Any] = set()
-    for index, (key_node, value_node) in enumerate(node.value):
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            hash(key)
-        except TypeError:
-            raise yaml.constructor.ConstructorError(
-                None, None, "a mapping key must be a plain value", key_node.start_mark
-            ) from None
-        if index >= first_own:
-            if key in own_keys:
-                result.duplicates.append((key, _line(key_node), result.key_lines[key]))
-            own_keys.add(key)
-        result[key] = loader.construct_object(value_node, deep=True)
-        result.key_lines[key] = _line(key_node)
-    return result
-
-
-def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> _LineList:
-    result = _LineList(_line(node))
-    for item_node in node.value:
-        result.append(loader.construct_object(item_node, deep=True))
-        result.item_lines.append(_line(item_node))
-    return result
-
-
-_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
-_LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
-
-
-def _read_yaml(text: str, source: str) -> tuple[Any, int | None]:
-    """The document's data (None when empty) and the line it starts on."""
-    loader = None
-    try:
-        loader = _LineLoader(text)  # already refuses unprintable characters
-        node = loader.get_single_node()
-        if node is None:
-            return None, None
-        return loader.construct_document(node), _line(node)
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        problem = ": ".join(part for part in (error.context, error.problem) if part)
-        line = None if mark is None else mark.line + 1
-        raise ConfigError(source, None, line, f"YAML syntax error: {problem}") from None
-    except yaml.reader.ReaderError as error:
-        # A NUL byte or another unprintable character: the error knows only its offset.
-        line = text.count("\n", 0, error.position) + 1
-        message = f"character U+{error.character:04X} is not allowed in YAML; remove it"
-        raise ConfigError(source, None, line, message) from None
-    except yaml.YAMLError as error:
-        raise ConfigError(source, None, None, f"not valid YAML: {error}") from None
-    except RecursionError:
-        raise ConfigError(source, None, None, "the YAML is nested too deeply") from None
-    finally:
-        if loader is not None:
-            loader.dispose()
 
 
 # --- entry points -----------------------------------------------------------------------------
@@ -234,35 +105,16 @@ def load_default() -> Config:
 
 def parse_config(text: str, source: str, base_dir: Path) -> Config:
     """Validate YAML `text`; `source` names it in messages, `base_dir` anchors relative paths."""
-    data, line = _read_yaml(text, source)
-    return _Validator(source, base_dir).config(data, _Where(None, line))
+    data, line = read_yaml(text, source)
+    return _Validator(source, base_dir).config(data, Where(None, line))
 
 
 def config_from_mapping(data: Mapping[str, Any], source: str, base_dir: Path) -> Config:
     """Validate a mapping shaped like the YAML file; errors carry key paths but no lines."""
-    return _Validator(source, base_dir).config(data, _Where(None, None))
+    return _Validator(source, base_dir).config(data, Where(None, None))
 
 
 # --- validation: places, shapes and scalars ---------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Where:
-    """Where a value sits: its key path (None at the top level) and line (None if unknown)."""
-
-    path: str | None
-    line: int | None
-
-    def key(self, name: str, line: int | None) -> _Where:
-        return _Where(f"{self.path}.{name}" if self.path else name, line)
-
-    def index(self, label: int | str, line: int | None) -> _Where:
-        return _Where(f"{self.path or ''}[{label}]", line)
-
-    def describe(self) -> str:
-        """For "already used at ..." messages."""
-        path = self.path or "the top level"
-        return path if self.line is None else f"{path} (line {self.line})"
 
 
 _TOP_KEYS = (
@@ -304,7 +156,7 @@ _D = TypeVar("_D")
 
 
 def _item_or(
-    item: tuple[Any, _Where] | None, convert: Callable[[Any, _Where], _T], default: _D
+    item: tuple[Any, Where] | None, convert: Callable[[Any, Where], _T], default: _D
 ) -> _T | _D:
     """`convert(value, where)` for a present key, else the default."""
     if item is None:
@@ -429,10 +281,10 @@ def _unmap_network(network: IPNetwork) -> IPNetwork:
 class _Section:
     """A YAML mapping with a fixed set of keys; unknown and duplicate keys fail on construction."""
 
-    def __init__(self, check: _Validator, value: Any, where: _Where, keys: Sequence[str]) -> None:
+    def __init__(self, check: _Validator, value: Any, where: Where, keys: Sequence[str]) -> None:
         self.where = where
         self._check = check
-        self._items: dict[str, tuple[Any, _Where]] = {}
+        self._items: dict[str, tuple[Any, Where]] = {}
         for key, item, item_where in check.entries(value, where):
             if not isinstance(key, str) or key not in keys:
                 raise check.error(item_where, _unknown_key(key, keys))
@@ -441,19 +293,19 @@ class _Section:
     def has(self, key: str) -> bool:
         return key in self._items
 
-    def get(self, key: str) -> tuple[Any, _Where] | None:
+    def get(self, key: str) -> tuple[Any, Where] | None:
         """The value and its place; None when the key is absent or null (the default applies)."""
         item = self._items.get(key)
         if item is None or item[0] is None:
             return None
         return item
 
-    def where_of(self, key: str) -> _Where:
+    def where_of(self, key: str) -> Where:
         """The place of a key, or of the section when the key is absent."""
         item = self._items.get(key)
         return item[1] if item is not None else self.where.key(key, self.where.line)
 
-    def require(self, key: str, hint: str) -> tuple[Any, _Where]:
+    def require(self, key: str, hint: str) -> tuple[Any, Where]:
         item = self.get(key)
         if item is None:
             raise self._check.error(self.where_of(key), f"is required: {hint}")
@@ -471,18 +323,18 @@ class _Validator:
         self.base_dir = base_dir
         self.warnings: list[str] = []
         # Client and user names label metrics and logs, so one name must mean one entry.
-        self.names: dict[str, _Where] = {}
+        self.names: dict[str, Where] = {}
         # Where each listening address was written, to point at clashes.
-        self.listener_places: dict[tuple[str, int], _Where] = {}
-        self.metrics_place: _Where | None = None
+        self.listener_places: dict[tuple[str, int], Where] = {}
+        self.metrics_place: Where | None = None
 
-    def error(self, where: _Where, message: str) -> ConfigError:
+    def error(self, where: Where, message: str) -> ConfigError:
         return ConfigError(self.source, where.path, where.line, message)
 
-    def warn(self, where: _Where, message: str) -> None:
-        self.warnings.append(_locate(self.source, where.line, where.path, message))
+    def warn(self, where: Where, message: str) -> None:
+        self.warnings.append(locate(self.source, where.line, where.path, message))
 
-    def config(self, data: Any, where: _Where) -> Config:
+    def config(self, data: Any, where: Where) -> Config:
         if data is None:  # an empty file: every key takes its default
             data = {}
         if not isinstance(data, Mapping):
@@ -514,35 +366,35 @@ class _Validator:
 
     # --- generic shapes ---
 
-    def entries(self, value: Any, where: _Where) -> Iterator[tuple[Any, Any, _Where]]:
+    def entries(self, value: Any, where: Where) -> Iterator[tuple[Any, Any, Where]]:
         """(key, value, place of the key) of a mapping, after refusing duplicate keys."""
         if not isinstance(value, Mapping):
             raise self.error(where, f"must be a mapping (key: value lines), not {_describe(value)}")
-        if isinstance(value, _LineMap) and value.duplicates:
+        if isinstance(value, LineMap) and value.duplicates:
             key, line, first_line = value.duplicates[0]
             raise self.error(
                 where.key(str(key), line),
                 f"key written twice (first on line {first_line}); keep one",
             )
         for key, item in value.items():
-            key_line = value.key_lines.get(key) if isinstance(value, _LineMap) else None
+            key_line = value.key_lines.get(key) if isinstance(value, LineMap) else None
             yield key, item, where.key(str(key), key_line)
 
-    def items(self, value: Any, where: _Where) -> list[tuple[Any, _Where]]:
+    def items(self, value: Any, where: Where) -> list[tuple[Any, Where]]:
         """The items of a list with the place of each."""
         if not isinstance(value, list | tuple):
             raise self.error(where, f"must be a list, not {_describe(value)}")
         lines: Sequence[int | None] = (
-            value.item_lines if isinstance(value, _LineList) else [None] * len(value)
+            value.item_lines if isinstance(value, LineList) else [None] * len(value)
         )
         return [(item, where.index(i, lines[i])) for i, item in enumerate(value)]
 
-    def string(self, value: Any, where: _Where) -> str:
+    def string(self, value: Any, where: Where) -> str:
         if not isinstance(value, str):
             raise self.error(where, f"must be a string, not {_describe(value)}{_quote_hint(value)}")
         return value
 
-    def integer(self, value: Any, where: _Where, low: int, high: int | None = None) -> int:
+    def integer(self, value: Any, where: Where, low: int, high: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(where, f"must be a whole number, not {_describe(value)}")
         if value < low or (high is not None and value > high):
@@ -550,19 +402,19 @@ class _Validator:
             raise self.error(where, f"must be {bounds}, not {value}")
         return value
 
-    def duration(self, value: Any, where: _Where) -> float:
+    def duration(self, value: Any, where: Where) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(where, f"must be a number of seconds, not {_describe(value)}")
         if not math.isfinite(value) or value <= 0:
             raise self.error(where, f"must be a positive, finite number of seconds, not {value}")
         return float(value)
 
-    def boolean(self, value: Any, where: _Where) -> bool:
+    def boolean(self, value: Any, where: Where) -> bool:
         if not isinstance(value, bool):
             raise self.error(where, f"must be true or false, not {_describe(value)}")
         return value
 
-    def choice(self, value: Any, where: _Where, choices: tuple[_Choice, ...]) -> _Choice:
+    def choice(self, value: Any, where: Where, choices: tuple[_Choice, ...]) -> _Choice:
         options = " | ".join(choices)
         if not isinstance(value, str):
             raise self.error(
@@ -575,7 +427,7 @@ class _Validator:
         suggestion = f"; did you mean {close[0]!r}?" if close else ""
         raise self.error(where, f"must be one of {options}, not {value!r}{suggestion}")
 
-    def name(self, value: Any, where: _Where) -> str:
+    def name(self, value: Any, where: Where) -> str:
         """A client, user or upstream user name: it appears in logs and metric labels."""
         text = self.string(value, where)
         if not text or text != text.strip():
@@ -586,7 +438,7 @@ class _Validator:
             raise self.error(where, "'-' is reserved (it means 'no client' in metrics and logs)")
         return text
 
-    def claim_name(self, name: str, where: _Where) -> None:
+    def claim_name(self, name: str, where: Where) -> None:
         first = self.names.get(name)
         if first is not None:
             raise self.error(
@@ -596,7 +448,7 @@ class _Validator:
             )
         self.names[name] = where
 
-    def readable_file(self, value: Any, where: _Where) -> Path:
+    def readable_file(self, value: Any, where: Where) -> Path:
         """An existing, readable file, relative to the config's folder."""
         text = self.string(value, where)
         if not text:
@@ -612,7 +464,7 @@ class _Validator:
             raise self.error(where, f"not a usable path: {error}") from None
         return path
 
-    def network(self, value: Any, where: _Where) -> IPNetwork:
+    def network(self, value: Any, where: Where) -> IPNetwork:
         """A CIDR or single address; host bits must be zero so the intent is unambiguous."""
         if not isinstance(value, str):
             raise self.error(
@@ -636,10 +488,10 @@ class _Validator:
             ) from None
         return _unmap_network(network)
 
-    def networks(self, value: Any, where: _Where) -> tuple[IPNetwork, ...]:
+    def networks(self, value: Any, where: Where) -> tuple[IPNetwork, ...]:
         return tuple(self.network(item, at) for item, at in self.items(value, where))
 
-    def domain_patterns(self, value: Any, where: _Where) -> tuple[DomainPattern, ...]:
+    def domain_patterns(self, value: Any, where: Where) -> tuple[DomainPattern, ...]:
         patterns = []
         for item, at in self.items(value, where):
             text = self.string(item, at)
@@ -654,7 +506,7 @@ class _Validator:
                 ) from None
         return tuple(patterns)
 
-    def address(self, value: Any, where: _Where) -> tuple[str, int]:
+    def address(self, value: Any, where: Where) -> tuple[str, int]:
         """A "host:port" or "[v6]:port" listening address."""
         if not isinstance(value, str):
             hint = ""
@@ -668,7 +520,7 @@ class _Validator:
         except ValueError as error:
             raise self.error(where, f"{value!r}: {error}") from None
 
-    def ip_address(self, value: Any, where: _Where) -> IPAddress:
+    def ip_address(self, value: Any, where: Where) -> IPAddress:
         text = self.string(value, where)
         try:
             return normalise(ipaddress.ip_address(text))
@@ -677,7 +529,7 @@ class _Validator:
 
     # --- listen ---
 
-    def listen(self, value: Any, where: _Where) -> tuple[Listener, ...]:
+    def listen(self, value: Any, where: Where) -> tuple[Listener, ...]:
         # One listener may be written without the list around it.
         is_list = isinstance(value, list | tuple)
         entries = self.items(value, where) if is_list else [(value, where)]
@@ -695,7 +547,7 @@ class _Validator:
             listeners.append(listener)
         return tuple(listeners)
 
-    def listener(self, value: Any, where: _Where) -> Listener:
+    def listener(self, value: Any, where: Where) -> Listener:
         if not isinstance(value, Mapping):
             host, port = self.address(value, where)
             return Listener(host, port)
@@ -707,12 +559,12 @@ class _Validator:
         tls = _item_or(section.get("tls"), self.listener_tls, None)
         return Listener(host, port, proxy_protocol, tls)
 
-    def proxy_protocol(self, value: Any, where: _Where) -> ProxyProtocolMode:
+    def proxy_protocol(self, value: Any, where: Where) -> ProxyProtocolMode:
         if value is False:  # YAML 1.1 reads an unquoted `off` as false
             return "off"
         return self.choice(value, where, _PROXY_PROTOCOLS)
 
-    def listener_tls(self, value: Any, where: _Where) -> ListenerTLS:
+    def listener_tls(self, value: Any, where: Where) -> ListenerTLS:
         keys = ("cert_file", "key_file", "client_ca_file", "require_client_cert")
         section = _Section(self, value, where, keys)
         cert = self.readable_file(*section.require("cert_file", "the server certificate (PEM)"))
@@ -728,7 +580,7 @@ class _Validator:
 
     # --- allow ---
 
-    def allow(self, value: Any, where: _Where) -> Allow:
+    def allow(self, value: Any, where: Where) -> Allow:
         section = _Section(self, value, where, ("ports", "domains", "networks", "mode"))
         return Allow(
             ports=_item_or(section.get("ports"), self.ports, _DEFAULTS.allow.ports),
@@ -737,15 +589,15 @@ class _Validator:
             mode=_item_or(section.get("mode"), self.allow_mode, _DEFAULTS.allow.mode),
         )
 
-    def ports(self, value: Any, where: _Where) -> frozenset[int]:
+    def ports(self, value: Any, where: Where) -> frozenset[int]:
         return frozenset(self.integer(item, at, 1, 65535) for item, at in self.items(value, where))
 
-    def allow_mode(self, value: Any, where: _Where) -> AllowMode:
+    def allow_mode(self, value: Any, where: Where) -> AllowMode:
         return self.choice(value, where, _ALLOW_MODES)
 
     # --- clients, users, htpasswd_file ---
 
-    def clients(self, value: Any, where: _Where) -> tuple[Client, ...]:
+    def clients(self, value: Any, where: Where) -> tuple[Client, ...]:
         clients = []
         for item, at in self.items(value, where):
             section = _Section(self, item, at, ("name", "networks", "tls_names"))
@@ -763,7 +615,7 @@ class _Validator:
             clients.append(Client(name, networks, tls_names))
         return tuple(clients)
 
-    def tls_names(self, value: Any, where: _Where) -> tuple[str, ...]:
+    def tls_names(self, value: Any, where: Where) -> tuple[str, ...]:
         names = []
         for item, at in self.items(value, where):
             text = self.string(item, at)
@@ -772,7 +624,7 @@ class _Validator:
             names.append(text)
         return tuple(names)
 
-    def users(self, value: Any, where: _Where) -> tuple[User, ...]:
+    def users(self, value: Any, where: Where) -> tuple[User, ...]:
         users = []
         for item, at in self.items(value, where):
             section = _Section(self, item, at, ("name", "password_hash", "networks"))
@@ -786,13 +638,13 @@ class _Validator:
             users.append(User(name, password_hash, networks))
         return tuple(users)
 
-    def basic_user_name(self, value: Any, where: _Where) -> str:
+    def basic_user_name(self, value: Any, where: Where) -> str:
         name = self.name(value, where)
         if ":" in name:
             raise self.error(where, "must not contain ':' (Basic credentials are user:password)")
         return name
 
-    def password_hash(self, value: Any, where: _Where) -> str:
+    def password_hash(self, value: Any, where: Where) -> str:
         text = self.string(value, where)
         try:
             check_hash_format(text)
@@ -807,7 +659,7 @@ class _Validator:
             raise self.error(where, str(error)) from None
         return text
 
-    def htpasswd_file(self, value: Any, where: _Where) -> Path:
+    def htpasswd_file(self, value: Any, where: Where) -> Path:
         """Checked now, entries included, so check-config catches a broken file."""
         path = self.readable_file(value, where)
         try:
@@ -818,7 +670,7 @@ class _Validator:
 
     # --- upstream ---
 
-    def upstream(self, value: Any, where: _Where) -> Upstream:
+    def upstream(self, value: Any, where: Where) -> Upstream:
         section = _Section(self, value, where, ("proxies", "strategy", "direct_domains"))
         proxies_value, proxies_at = section.require(
             "proxies", "list the upstream proxies (or remove upstream to connect directly)"
@@ -836,10 +688,10 @@ class _Validator:
             direct_domains=_item_or(section.get("direct_domains"), self.domain_patterns, ()),
         )
 
-    def strategy(self, value: Any, where: _Where) -> Strategy:
+    def strategy(self, value: Any, where: Where) -> Strategy:
         return self.choice(value, where, _STRATEGIES)
 
-    def upstream_proxy(self, value: Any, where: _Where) -> UpstreamProxy:
+    def upstream_proxy(self, value: Any, where: Where) -> UpstreamProxy:
         section = _Section(self, value, where, _UPSTREAM_PROXY_KEYS)
         url_value, url_at = section.require("url", 'for example "http://proxy.example:8080"')
         url = self.string(url_value, url_at)
@@ -908,7 +760,7 @@ class _Validator:
 
     # --- destinations ---
 
-    def destinations(self, value: Any, where: _Where) -> Destinations:
+    def destinations(self, value: Any, where: Where) -> Destinations:
         section = _Section(self, value, where, ("deny_networks", "hosts"))
         deny = _DEFAULTS.destinations.deny_networks
         deny_item = section.get("deny_networks")
@@ -924,7 +776,7 @@ class _Validator:
         return Destinations(deny, hosts)
 
     def hosts(
-        self, value: Any, where: _Where, deny: tuple[IPNetwork, ...]
+        self, value: Any, where: Where, deny: tuple[IPNetwork, ...]
     ) -> tuple[tuple[str, tuple[IPAddress, ...]], ...]:
         result: dict[str, tuple[IPAddress, ...]] = {}
         denied = NetworkSet(deny)  # once, not once per address
@@ -952,7 +804,7 @@ class _Validator:
 
     # --- timeouts, limits, metrics, log ---
 
-    def timeouts(self, value: Any, where: _Where) -> Timeouts:
+    def timeouts(self, value: Any, where: Where) -> Timeouts:
         keys = ("handshake", "connect", "idle", "shutdown_grace")
         section = _Section(self, value, where, keys)
         default = _DEFAULTS.timeouts
@@ -965,7 +817,7 @@ class _Validator:
             ),
         )
 
-    def limits(self, value: Any, where: _Where) -> Limits:
+    def limits(self, value: Any, where: Where) -> Limits:
         keys = ("max_connections", "max_connections_per_source", "max_request_bytes")
         section = _Section(self, value, where, keys)
         default = _DEFAULTS.limits
@@ -983,15 +835,15 @@ class _Validator:
             ),
         )
 
-    def positive_int(self, value: Any, where: _Where) -> int:
+    def positive_int(self, value: Any, where: Where) -> int:
         return self.integer(value, where, low=1)
 
-    def request_bytes(self, value: Any, where: _Where) -> int:
+    def request_bytes(self, value: Any, where: Where) -> int:
         # Below 1 KiB a sensor's ordinary CONNECT with a few headers no longer fits; above
         # 64 KiB the limit stops protecting memory.
         return self.integer(value, where, low=1024, high=65536)
 
-    def metrics(self, value: Any, where: _Where) -> Metrics:
+    def metrics(self, value: Any, where: Where) -> Metrics:
         section = _Section(self, value, where, ("listen",))
         if not section.has("listen"):
             return _DEFAULTS.metrics
@@ -1002,7 +854,7 @@ class _Validator:
         self.metrics_place = item[1]
         return Metrics(host, port)
 
-    def log(self, value: Any, where: _Where) -> Log:
+    def log(self, value: Any, where: Where) -> Log:
         section = _Section(self, value, where, ("level", "format", "access_log", "access_format"))
         default = _DEFAULTS.log
         return Log(
@@ -1014,16 +866,16 @@ class _Validator:
             ),
         )
 
-    def log_level(self, value: Any, where: _Where) -> str:
+    def log_level(self, value: Any, where: Where) -> str:
         return self.choice(value, where, _LOG_LEVELS)
 
-    def log_format(self, value: Any, where: _Where) -> LogFormat:
+    def log_format(self, value: Any, where: Where) -> LogFormat:
         return self.choice(value, where, _LOG_FORMATS)
 
-    def access_format(self, value: Any, where: _Where) -> AccessFormat:
+    def access_format(self, value: Any, where: Where) -> AccessFormat:
         return self.choice(value, where, _ACCESS_FORMATS)
 
-    def access_log(self, value: Any, where: _Where) -> str:
+    def access_log(self, value: Any, where: Where) -> str:
         text = self.string(value, where)
         if text == "-":
             return text
@@ -1056,7 +908,7 @@ class _Validator:
 
     def warn_about_policy(self, config: Config) -> None:
         """Valid but probably not what the operator meant: say so at start-up."""
-        where = _Where(None, None)
+        where = Where(None, None)
         if not config.clients and not config.users and config.htpasswd_file is None:
             self.warn(where, "no clients, users or htpasswd_file: every request will get 407")
         allow = config.allow
