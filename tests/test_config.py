@@ -31,9 +31,9 @@ from connectproxy.config.model import (
     Timeouts,
 )
 from connectproxy.configfile import load as configfile
+from connectproxy.configfile.errors import ConfigError
 from connectproxy.configfile.load import (
     EMBEDDED_SOURCE,
-    ConfigError,
     config_from_mapping,
     load_config,
     load_default,

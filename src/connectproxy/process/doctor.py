@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from connectproxy.config.model import Config
-from connectproxy.configfile.load import ConfigError, load_config
+from connectproxy.configfile.errors import ConfigError
+from connectproxy.configfile.load import load_config
 from connectproxy.matching.addresses import endpoint_text
 from connectproxy.net.dial import DialError, open_tcp, resolve
 from connectproxy.net.sockio import peer_address, recv, send_all
