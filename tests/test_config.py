@@ -31,6 +31,7 @@ from connectproxy.config.model import (
     Timeouts,
 )
 from connectproxy.configfile import load as configfile
+from connectproxy.configfile.document import TOP_KEYS
 from connectproxy.configfile.errors import ConfigError
 from connectproxy.configfile.load import (
     EMBEDDED_SOURCE,
@@ -40,6 +41,7 @@ from connectproxy.configfile.load import (
     parse_config,
 )
 from connectproxy.configfile.summary import summarize
+from connectproxy.configfile.upstream import PROXY_KEYS
 from connectproxy.credentials.passwords import hash_password
 
 REPO = Path(__file__).resolve().parents[1]
@@ -970,8 +972,8 @@ def test_config_error_formats_whatever_is_known() -> None:
 # --- no input raises anything but ConfigError -------------------------------------------------
 
 _TOKENS = [
-    *configfile._TOP_KEYS,
-    *configfile._UPSTREAM_PROXY_KEYS,
+    *TOP_KEYS,
+    *PROXY_KEYS,
     "ports", "domains", "networks", "mode", "name", "tls_names", "password_hash", "address",
     "proxy_protocol", "tls", "proxies", "hosts", "deny_networks", "level", "access_log",
     ": ", ":", " ", "  ", "\n", "\n  ", "\n    ", "- ", "[", "]", "{", "}", ", ", '"', "'",
@@ -1002,7 +1004,7 @@ def test_any_text_either_loads_or_raises_config_error(text: str) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.sampled_from(configfile._TOP_KEYS), yamlish_data, max_size=4))
+@given(st.dictionaries(st.sampled_from(TOP_KEYS), yamlish_data, max_size=4))
 def test_any_structure_either_loads_or_raises_config_error(data: dict[str, Any]) -> None:
     with contextlib.suppress(ConfigError):
         config_from_mapping(data, "fuzz", Path(__file__).parent)
