@@ -14,7 +14,8 @@ from pathlib import Path
 import atheris  # type: ignore[import-untyped]
 
 with atheris.instrument_imports():
-    from connectproxy.configfile.load import ConfigError, parse_config
+    from connectproxy.configfile.errors import ConfigError
+    from connectproxy.configfile.load import parse_config
 
 BASE = Path(tempfile.mkdtemp(prefix="fuzz-config-"))
 

@@ -27,7 +27,8 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from connectproxy.config.model import Allow, Client, Config
-from connectproxy.configfile.load import ConfigError, parse_config
+from connectproxy.configfile.errors import ConfigError
+from connectproxy.configfile.load import parse_config
 from connectproxy.matching.domains import parse_domain_pattern
 from connectproxy.matching.netset import IPAddress, IPNetwork
 from connectproxy.policy.decide import Source, decide

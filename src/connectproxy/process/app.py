@@ -14,7 +14,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from connectproxy import __version__, compiled
 from connectproxy.config.model import Config
-from connectproxy.configfile.load import ConfigError, summarize
+from connectproxy.configfile.errors import ConfigError
+from connectproxy.configfile.summary import summarize
 from connectproxy.credentials.auth import Authenticator
 from connectproxy.credentials.passwords import HtpasswdError
 from connectproxy.net.upstream import Upstreams

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from connectproxy import __version__, compiled
 from connectproxy.config.model import Config
-from connectproxy.configfile.load import ConfigError, config_from_mapping, load_config, summarize
+from connectproxy.configfile.errors import ConfigError
+from connectproxy.configfile.load import config_from_mapping, load_config
+from connectproxy.configfile.summary import summarize
 from connectproxy.credentials.passwords import hash_password
 from connectproxy.policy.decide import Credentials, Source, decide, usable_addresses
 from connectproxy.process.doctor_cli import add_doctor_parser

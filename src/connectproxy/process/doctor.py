@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from connectproxy.config.model import Config
-from connectproxy.configfile.load import ConfigError
+from connectproxy.configfile.errors import ConfigError
 from connectproxy.net.connector import AddressesDenied, Connector
 from connectproxy.net.deadlines import Deadlines
 from connectproxy.net.dial import DialError

@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from connectproxy.config.model import Config
-from connectproxy.configfile.load import ConfigError
+from connectproxy.configfile.errors import ConfigError
 from connectproxy.observe.logs import get_logger, setup_logging
 from connectproxy.observe.metrics import Metrics
 from connectproxy.observe.ops import OpsServer

@@ -21,7 +21,8 @@ import pytest
 import trustme
 import yaml
 
-from connectproxy.configfile.load import ConfigError, load_default
+from connectproxy.configfile.errors import ConfigError
+from connectproxy.configfile.load import load_default
 from connectproxy.process import doctor, doctor_cli
 from tests.conftest import ProxyFactory
 from tests.support import LOOPBACK_OK_DENY, HTTPSOrigin

@@ -31,15 +31,17 @@ from connectproxy.config.model import (
     Timeouts,
 )
 from connectproxy.configfile import load as configfile
+from connectproxy.configfile.document import TOP_KEYS
+from connectproxy.configfile.errors import ConfigError
 from connectproxy.configfile.load import (
     EMBEDDED_SOURCE,
-    ConfigError,
     config_from_mapping,
     load_config,
     load_default,
     parse_config,
-    summarize,
 )
+from connectproxy.configfile.summary import summarize
+from connectproxy.configfile.upstream import PROXY_KEYS
 from connectproxy.credentials.passwords import hash_password
 from tests.support import REPO_ROOT
 
@@ -971,8 +973,8 @@ def test_config_error_formats_whatever_is_known() -> None:
 # --- no input raises anything but ConfigError -------------------------------------------------
 
 _TOKENS = [
-    *configfile._TOP_KEYS,
-    *configfile._UPSTREAM_PROXY_KEYS,
+    *TOP_KEYS,
+    *PROXY_KEYS,
     "ports", "domains", "networks", "mode", "name", "tls_names", "password_hash", "address",
     "proxy_protocol", "tls", "proxies", "hosts", "deny_networks", "level", "access_log",
     ": ", ":", " ", "  ", "\n", "\n  ", "\n    ", "- ", "[", "]", "{", "}", ", ", '"', "'",
@@ -1003,7 +1005,7 @@ def test_any_text_either_loads_or_raises_config_error(text: str) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.dictionaries(st.sampled_from(configfile._TOP_KEYS), yamlish_data, max_size=4))
+@given(st.dictionaries(st.sampled_from(TOP_KEYS), yamlish_data, max_size=4))
 def test_any_structure_either_loads_or_raises_config_error(data: dict[str, Any]) -> None:
     with contextlib.suppress(ConfigError):
         config_from_mapping(data, "fuzz", Path(__file__).parent)

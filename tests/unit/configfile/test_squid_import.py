@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectproxy.config.model import DEFAULT_DENY_NETWORKS, Config, Listener
-from connectproxy.configfile.load import ConfigError, config_from_mapping, parse_config
+from connectproxy.configfile.errors import ConfigError
+from connectproxy.configfile.load import config_from_mapping, parse_config
 from connectproxy.configfile.squid.access import DEFENDER_ALLOWLIST
 from connectproxy.configfile.squid.parse import Directive, SquidConfError, read_squid_conf
 from connectproxy.configfile.squid.report import SquidImportError

@@ -1,8 +1,8 @@
 """From the allow terms of squid.conf to connectproxy's policy: who is admitted, where they go.
 
 rules.py says, for each `http_access allow` line, which sources or users it admits and which
-ports and hosts they may reach after the deny lines above it. connectproxy's model (SPEC section
-3) then takes:
+ports and hosts they may reach after the deny lines above it. connectproxy's model
+(docs/configuration.md) then takes:
 
 - the clients: the source networks of those lines (one client per `src` ACL, named after it),
   and the htpasswd file when a line needs `proxy_auth`;
@@ -11,7 +11,7 @@ ports and hosts they may reach after the deny lines above it. connectproxy's mod
 This is the one step that decides how the terms combine into what each client or user may
 reach; rules.py before it knows nothing of connectproxy's shape. Where that shape cannot say what
 Squid says, the result is made stricter when it can be, and a warning is reported at the line in
-every case. The SPEC's fixed rules are applied here: a line
+every case. The fixed translation rules (docs/squid-migration.md) are applied here: a line
 without a `src` ACL admits the client `any`; no `dstdomain` on any allow line means the Defender
 for IoT allowlist; ports come from `deny CONNECT !SSL_ports`, else 443.
 """
@@ -39,7 +39,7 @@ from connectproxy.matching.netset import IPNetwork
 
 __all__ = ["DEFENDER_ALLOWLIST", "access"]
 
-# SPEC section 3.1: what a Defender for IoT sensor needs to reach.
+# The embedded default (docs/configuration.md): what a Defender for IoT sensor needs to reach.
 DEFENDER_ALLOWLIST = (
     ".azure-devices.net",
     ".blob.core.windows.net",

@@ -1,5 +1,5 @@
 """Squid ACLs and the http_access lines that use them, read into values the translator can reason
-about (SPEC section 9).
+about (docs/squid-migration.md).
 
 An `acl` line adds values to a named ACL (Squid appends the values of every line of one name),
 and an `http_access` line is an ordered list of ACL conditions, each possibly negated. Reading

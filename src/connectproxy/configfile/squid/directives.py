@@ -1,5 +1,5 @@
 """The squid.conf directives around the access rules: listeners, authentication, timeouts, and
-the ones connectproxy has no use for (SPEC section 9).
+the ones connectproxy has no use for (docs/squid-migration.md).
 
 Each is translated on its own, as it is read: `http_port` into `listen`, `auth_param basic
 program basic_ncsa_auth FILE` into `htpasswd_file`, `connect_timeout` and `read_timeout` into

@@ -1,4 +1,4 @@
-"""The warnings and the refusal of one squid.conf translation (SPEC section 9).
+"""The warnings and the refusal of one squid.conf translation (docs/squid-migration.md).
 
 Every way the translation differs from Squid is reported as "FILE:LINE: message", and the
 operator reads them in the order of the lines they are about, not in the order the translator

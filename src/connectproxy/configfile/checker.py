@@ -1,0 +1,146 @@
+"""One validation run, and the shapes every section is made of: mappings with fixed keys, lists.
+
+The section modules (`listeners`, `allow`, `identities`, `upstream`, `destinations`, `runtime`)
+are written as converters `convert(check, value, where) -> value`: `check` is the run (the file's
+name and folder, the warnings so far), `value` what the YAML held and `where` its place. They
+share no other state, so a section can be checked on its own, and one such as `allow` can be
+reused wherever its keys appear again.
+
+Conventions a reader needs: a key set to null (for example `upstream:` with all of its children
+commented out) counts as absent and takes the default; unknown keys and keys written twice are
+errors, since a typo must never silently weaken policy.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import date
+from pathlib import Path
+from typing import Any, TypeVar
+
+from connectproxy.configfile.errors import ConfigError, Where, locate
+from connectproxy.configfile.yamlreader import LineList, LineMap
+
+__all__ = ["Checker", "Section", "describe", "entries", "items"]
+
+_T = TypeVar("_T")
+_D = TypeVar("_D")
+
+
+class Checker:
+    """One validation run: the file's name and folder, and what it found along the way."""
+
+    def __init__(self, source: str, base_dir: Path) -> None:
+        self.source = source
+        # Relative paths in the file are relative to its folder (docs/configuration.md).
+        self.base_dir = base_dir
+        self.warnings: list[str] = []
+        # Client and user names label metrics and logs, so one name must mean one entry across
+        # both sections; the first place each was used, for the message about the second.
+        self.names: dict[str, Where] = {}
+
+    def error(self, where: Where, message: str) -> ConfigError:
+        return ConfigError(self.source, where.path, where.line, message)
+
+    def warn(self, where: Where, message: str) -> None:
+        """Valid but probably not what the operator meant: reported at start-up, not refused."""
+        self.warnings.append(locate(self.source, where.line, where.path, message))
+
+
+def describe(value: Any) -> str:
+    """Name a YAML value's type for a message, never quoting it (it may be a secret)."""
+    if value is None:
+        return "null (an empty value)"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, date):
+        return "a date (quote it)"
+    if isinstance(value, bytes):
+        return "binary data"
+    return f"a {type(value).__name__}"
+
+
+def entries(check: Checker, value: Any, where: Where) -> Iterator[tuple[Any, Any, Where]]:
+    """(key, value, place of the key) of a mapping, after refusing duplicate keys."""
+    if not isinstance(value, Mapping):
+        raise check.error(where, f"must be a mapping (key: value lines), not {describe(value)}")
+    if isinstance(value, LineMap) and value.duplicates:
+        key, line, first_line = value.duplicates[0]
+        raise check.error(
+            where.key(str(key), line),
+            f"key written twice (first on line {first_line}); keep one",
+        )
+    for key, item in value.items():
+        key_line = value.key_lines.get(key) if isinstance(value, LineMap) else None
+        yield key, item, where.key(str(key), key_line)
+
+
+def items(check: Checker, value: Any, where: Where) -> list[tuple[Any, Where]]:
+    """The items of a list with the place of each."""
+    if not isinstance(value, list | tuple):
+        raise check.error(where, f"must be a list, not {describe(value)}")
+    lines: Sequence[int | None] = (
+        value.item_lines if isinstance(value, LineList) else [None] * len(value)
+    )
+    return [(item, where.index(i, lines[i])) for i, item in enumerate(value)]
+
+
+def _unknown_key(key: Any, keys: Sequence[str]) -> str:
+    valid = ", ".join(keys)
+    if not isinstance(key, str):
+        return f"unknown key {key!r} (keys are names); valid keys here: {valid}"
+    close = difflib.get_close_matches(key, keys, n=1)
+    suggestion = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown key {key!r}; {suggestion}valid keys here: {valid}"
+
+
+class Section:
+    """A YAML mapping with a fixed set of keys; unknown and duplicate keys fail on construction."""
+
+    def __init__(self, check: Checker, value: Any, where: Where, keys: Sequence[str]) -> None:
+        self.where = where
+        self.check = check
+        self._items: dict[str, tuple[Any, Where]] = {}
+        for key, item, item_where in entries(check, value, where):
+            if not isinstance(key, str) or key not in keys:
+                raise check.error(item_where, _unknown_key(key, keys))
+            self._items[key] = (item, item_where)
+
+    def has(self, key: str) -> bool:
+        return key in self._items
+
+    def get(self, key: str) -> tuple[Any, Where] | None:
+        """The value and its place; None when the key is absent or null (the default applies)."""
+        item = self._items.get(key)
+        if item is None or item[0] is None:
+            return None
+        return item
+
+    def get_or(
+        self, key: str, convert: Callable[[Checker, Any, Where], _T], default: _D
+    ) -> _T | _D:
+        """`convert(check, value, where)` for a present key, else the default."""
+        item = self.get(key)
+        if item is None:
+            return default
+        return convert(self.check, *item)
+
+    def where_of(self, key: str) -> Where:
+        """The place of a key, or of the section when the key is absent."""
+        item = self._items.get(key)
+        return item[1] if item is not None else self.where.key(key, self.where.line)
+
+    def require(self, key: str, hint: str) -> tuple[Any, Where]:
+        item = self.get(key)
+        if item is None:
+            raise self.check.error(self.where_of(key), f"is required: {hint}")
+        return item

@@ -1,0 +1,120 @@
+"""The whole file: its top-level keys, each section checked in file order, then the checks that
+need more than one section.
+
+Sections are checked in the order of the file (docs/configuration.md), so the first error reported is
+the first one an operator reading from the top would meet. Warnings keep that order too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from connectproxy.config.model import Config, Listener, Metrics
+from connectproxy.configfile import identities, listeners, runtime
+from connectproxy.configfile.allow import allow_rules
+from connectproxy.configfile.checker import Checker, Section, describe
+from connectproxy.configfile.destinations import destinations
+from connectproxy.configfile.errors import Where
+from connectproxy.configfile.files import htpasswd_file
+from connectproxy.configfile.upstream import upstream
+
+__all__ = ["TOP_KEYS", "validate"]
+
+TOP_KEYS = (
+    "listen",
+    "allow",
+    "clients",
+    "users",
+    "htpasswd_file",
+    "upstream",
+    "destinations",
+    "timeouts",
+    "limits",
+    "metrics",
+    "log",
+)
+
+# The dataclass defaults of config.py are the defaults of every absent key.
+_DEFAULTS = Config()
+
+
+def validate(check: Checker, data: Any, where: Where) -> Config:
+    """The Config that `data` (the parsed file, or a mapping shaped like it) describes."""
+    if data is None:  # an empty file: every key takes its default
+        data = {}
+    if not isinstance(data, Mapping):
+        raise check.error(
+            where, f"the file must be a mapping of keys such as listen:, not {describe(data)}"
+        )
+    top = Section(check, data, where, TOP_KEYS)
+    listen_item = top.get("listen")
+    listen, listener_places = (
+        (_DEFAULTS.listen, {}) if listen_item is None else listeners.listen(check, *listen_item)
+    )
+    metrics_item = top.get("metrics")
+    metrics, metrics_place = (
+        (_DEFAULTS.metrics, None) if metrics_item is None else runtime.metrics(check, *metrics_item)
+    )
+    _check_metrics_address(check, listen, listener_places, metrics, metrics_place)
+    config = Config(
+        listen=listen,
+        allow=top.get_or("allow", allow_rules, _DEFAULTS.allow),
+        clients=top.get_or("clients", identities.clients, ()),
+        users=top.get_or("users", identities.users, ()),
+        htpasswd_file=top.get_or("htpasswd_file", htpasswd_file, None),
+        upstream=top.get_or("upstream", upstream, None),
+        destinations=top.get_or("destinations", destinations, _DEFAULTS.destinations),
+        timeouts=top.get_or("timeouts", runtime.timeouts, _DEFAULTS.timeouts),
+        limits=top.get_or("limits", runtime.limits, _DEFAULTS.limits),
+        metrics=metrics,
+        log=top.get_or("log", runtime.log, _DEFAULTS.log),
+        source=check.source,
+    )
+    _warn_about_policy(check, config)
+    return dataclasses.replace(config, warnings=tuple(check.warnings))
+
+
+def _check_metrics_address(
+    check: Checker,
+    listen: tuple[Listener, ...],
+    listener_places: listeners.ListenerPlaces,
+    metrics: Metrics,
+    metrics_place: Where | None,
+) -> None:
+    """Two listeners on one address would only fail later, at bind time, less clearly."""
+    for listener in listen:
+        if (listener.host, listener.port) != (metrics.host, metrics.port):
+            continue
+        if metrics_place is not None:
+            raise check.error(
+                metrics_place,
+                f"{listener.address} is also a proxy listener; "
+                "give metrics another port, or null to disable them",
+            )
+        # metrics.listen took its default, so the listener is the one written down.
+        raise check.error(
+            listener_places[(listener.host, listener.port)],
+            f"{listener.address} is also the default metrics address; "
+            "use another port, or set metrics.listen",
+        )
+
+
+def _warn_about_policy(check: Checker, config: Config) -> None:
+    """Valid but probably not what the operator meant: say so at start-up."""
+    where = Where(None, None)
+    if not config.clients and not config.users and config.htpasswd_file is None:
+        check.warn(where, "no clients, users or htpasswd_file: every request will get 407")
+    allow = config.allow
+    if not allow.ports or (allow.mode == "enforce" and not allow.domains and not allow.networks):
+        check.warn(where, "allow admits no destination: every request will get 403")
+    names_used = any(client.tls_names for client in config.clients)
+    client_certs = any(
+        listener.tls is not None and listener.tls.client_ca_file is not None
+        for listener in config.listen
+    )
+    if names_used and not client_certs:
+        check.warn(
+            where, "clients with tls_names can never match: no listener has tls.client_ca_file"
+        )

@@ -1,0 +1,121 @@
+"""YAML with line numbers: the reader behind `parse_config`.
+
+PyYAML's safe loader forgets where each value was written, but a config error must name the line.
+So mappings and sequences are built as dict and list subclasses that also carry the lines of their
+keys and items. Validation only reads those extras when present, which is why a mapping built in
+Python (the squid.conf translator) goes through the same checks, just without lines.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from connectproxy.configfile.errors import ConfigError
+
+__all__ = ["LineList", "LineMap", "read_yaml"]
+
+
+class LineMap(dict[Any, Any]):
+    """A YAML mapping that remembers the line of each key, and any key written twice.
+
+    Duplicates are recorded rather than raised here so the validator can report them with the
+    full key path, which the YAML layer does not know.
+    """
+
+    def __init__(self, line: int) -> None:
+        super().__init__()
+        self.line = line
+        self.key_lines: dict[Any, int] = {}
+        # (key, line of the repetition, line of the first occurrence)
+        self.duplicates: list[tuple[Any, int, int]] = []
+
+
+class LineList(list[Any]):
+    """A YAML sequence that remembers the line of each item."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__()
+        self.line = line
+        self.item_lines: list[int] = []
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader (no arbitrary objects) whose mappings and sequences carry 1-based lines."""
+
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineMap:
+    # `<<: *anchor` merges are allowed; a key written explicitly may override a merged one (that
+    # is what merges are for), but two explicit spellings of one key are a duplicate.
+    own_pairs = sum(1 for key_node, _ in node.value if key_node.tag != _MERGE_TAG)
+    loader.flatten_mapping(node)
+    first_own = len(node.value) - own_pairs
+    result = LineMap(_line(node))
+    own_keys: set[Any] = set()
+    for index, (key_node, value_node) in enumerate(node.value):
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value", key_node.start_mark
+            ) from None
+        if index >= first_own:
+            if key in own_keys:
+                result.duplicates.append((key, _line(key_node), result.key_lines[key]))
+            own_keys.add(key)
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = _line(key_node)
+    return result
+
+
+def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> LineList:
+    result = LineList(_line(node))
+    for item_node in node.value:
+        result.append(loader.construct_object(item_node, deep=True))
+        result.item_lines.append(_line(item_node))
+    return result
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+_LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
+
+
+def read_yaml(text: str, source: str) -> tuple[Any, int | None]:
+    """The document's data (None when empty) and the line it starts on.
+
+    Every failure of the YAML layer becomes a ConfigError naming `source` and, where the parser
+    knows it, the line: a user's syntax slip must never surface as a PyYAML traceback.
+    """
+    loader = None
+    try:
+        loader = _LineLoader(text)  # already refuses unprintable characters
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        return loader.construct_document(node), _line(node)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        problem = ": ".join(part for part in (error.context, error.problem) if part)
+        line = None if mark is None else mark.line + 1
+        raise ConfigError(source, None, line, f"YAML syntax error: {problem}") from None
+    except yaml.reader.ReaderError as error:
+        # A NUL byte or another unprintable character: the error knows only its offset.
+        line = text.count("\n", 0, error.position) + 1
+        message = f"character U+{error.character:04X} is not allowed in YAML; remove it"
+        raise ConfigError(source, None, line, message) from None
+    except yaml.YAMLError as error:
+        raise ConfigError(source, None, None, f"not valid YAML: {error}") from None
+    except RecursionError:
+        raise ConfigError(source, None, None, "the YAML is nested too deeply") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
