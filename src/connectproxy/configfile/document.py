@@ -1,7 +1,7 @@
 """The whole file: its top-level keys, each section checked in file order, then the checks that
 need more than one section.
 
-Sections are checked in the order of the file (docs/configuration.md), so the first error reported is
+Sections are checked in the order of the file, so the first error reported is
 the first one an operator reading from the top would meet. Warnings keep that order too.
 """
 

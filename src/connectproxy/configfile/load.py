@@ -1,4 +1,4 @@
-"""Reading the YAML configuration (docs/configuration.md) into the frozen `Config` of `config.model`.
+"""Reading the YAML configuration (docs/configuration.md) into the frozen `Config`.
 
 An operator's typo must never silently weaken policy, so every key is checked: unknown keys,
 wrong types and impossible values are errors that name the file, the key path (for example
@@ -59,7 +59,8 @@ def load_config(path: Path | None) -> Config:
 
 
 def load_default() -> Config:
-    """The embedded default (docs/configuration.md, "The embedded default"), shipped as package data so a fresh install serves."""
+    """The embedded default (docs/configuration.md, "The embedded default"), shipped as
+    package data so a fresh install serves."""
     text = (
         resources.files("connectproxy.config").joinpath("default.yaml").read_text(encoding="utf-8")
     )

@@ -1,7 +1,7 @@
 """Translating a squid.conf into connectproxy's configuration (docs/squid-migration.md).
 
 Squid and connectproxy decide differently. Squid walks its `http_access` lines top to bottom and
-the first line whose ACLs all match answers. connectproxy has one fixed shape (docs/configuration.md):
+the first line whose ACLs all match answers. connectproxy has one fixed shape:
 a client is *admitted* (by source network or by password), and then the destination must be in
 *one allowlist* of ports and domains shared by every admitted client. Wherever that shape cannot
 say what Squid says, the translation is made *stricter* when it can and reports a warning

@@ -1,4 +1,4 @@
-"""`cache_peer ... parent` and `never_direct` into connectproxy's `upstream` (docs/squid-migration.md).
+"""`cache_peer ... parent` and `never_direct` into `upstream` (docs/squid-migration.md).
 
 A site proxy that chains to a corporate proxy has parents in squid.conf; connectproxy sends a
 tunnel through an upstream either always or never, so `never_direct allow all` is the only form
