@@ -303,7 +303,9 @@ def test_unit_runs_the_proxy_as_a_notify_service() -> None:
     assert int(svc["TimeoutStopSec"][0]) > Timeouts().shutdown_grace
     assert svc["User"] == svc["Group"] == ["connectproxy"]
     assert svc["DynamicUser"] == ["no"]
-    assert svc["LogsDirectory"] == svc["ConfigurationDirectory"] == ["connectproxy"]
+    assert svc["LogsDirectory"] == ["connectproxy"]
+    # ConfigurationDirectory= would make /etc/connectproxy writable under ProtectSystem=strict.
+    assert "ConfigurationDirectory" not in svc
     assert parse_unit(UNIT.read_text())["Install"]["WantedBy"] == ["multi-user.target"]
 
 
