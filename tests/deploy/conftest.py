@@ -7,11 +7,14 @@ every test of a run reuses it, and all of them are removed when the run ends.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ IMAGES = HERE / "images"
 # (images/python-slim.Containerfile).
 PYTHON_SLIM = "docker.io/library/python:3.11-slim"
 ORIGIN_NAME = "origin.test"
+DEB_TESTS = "test_debian_package.py"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -83,9 +87,97 @@ def podman() -> Iterator[Podman]:
             record(f"{name} (s)", f"{seconds:.1f}")
 
 
+@dataclass
+class DebBuild:
+    """`make deb` running in the background, in a build folder of its own."""
+
+    label: str
+    out: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+    started: float = field(default_factory=time.monotonic)
+    finished: float = 0.0
+
+    @classmethod
+    def start(cls, label: str, folder: Path, version: str | None, pure: bool) -> DebBuild:
+        folder.mkdir(parents=True)
+        out = folder / "out"
+        command = [
+            "make",
+            "-C",
+            str(REPO),
+            "deb",
+            f"DEB_OUT={out}",
+            f"DEB_BUILD={folder / 'build'}",
+        ]
+        if version:
+            command.append(f"DEB_VERSION={version}")
+        env = dict(os.environ)
+        env.pop("CONNECTPROXY_PURE_PYTHON", None)
+        if pure:
+            env["CONNECTPROXY_PURE_PYTHON"] = "1"
+        log = folder / "make-deb.log"
+        with open(log, "wb") as sink:
+            process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        build = cls(label, out, process, log)
+        threading.Thread(target=build._watch, daemon=True).start()
+        return build
+
+    def _watch(self) -> None:
+        self.process.wait()
+        self.finished = time.monotonic()
+
+    def wait(self) -> Path:
+        code = self.process.wait(timeout=1500)
+        assert code == 0, f"make deb failed:\n{self.log.read_text()[-6000:]}"
+        while not self.finished:
+            time.sleep(0.05)
+        record(f"make deb, {self.label} (s)", f"{self.finished - self.started:.1f}")
+        (deb,) = self.out.glob("connectproxy_*.deb")
+        return deb
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+def changelog_version() -> str:
+    return subprocess.run(
+        ["dpkg-parsechangelog", "-l", str(REPO / "debian" / "changelog"), "-S", "Version"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
 @pytest.fixture(scope="session")
-def base_image(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> str:
+def deb_builds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, DebBuild]]:
+    """Both packages the Debian test installs, built while the images are: the first in the
+    default (compiled) build, the upgrade under a higher version in the plain-Python build,
+    which also tells the two apart once installed. Each compile keeps one core busy."""
+    base = tmp_path_factory.mktemp("debs")
+    version = changelog_version()
+    builds = {
+        "first": DebBuild.start("compiled", base / "first", None, pure=False),
+        "upgrade": DebBuild.start(
+            "plain Python, higher version", base / "upgrade", f"{version}+upgrade1", pure=True
+        ),
+    }
+    try:
+        yield builds
+    finally:
+        for build in builds.values():
+            build.stop()
+
+
+@pytest.fixture(scope="session")
+def base_image(
+    podman: Podman, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> str:
     """A minimal Debian as an image: debootstrap into a folder, then `podman import`."""
+    if any(Path(str(item.fspath)).name == DEB_TESTS for item in request.session.items):
+        request.getfixturevalue("deb_builds")  # start the package builds alongside
     rootfs = tmp_path_factory.mktemp("rootfs") / "debian"
     started = time.monotonic()
     subprocess.run(

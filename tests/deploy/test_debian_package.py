@@ -10,7 +10,6 @@ container: install, upgrade, remove, purge.
 from __future__ import annotations
 
 import hashlib
-import os
 import shlex
 import subprocess
 import time
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.conftest import REPO
+from tests.deploy.conftest import REPO, DebBuild, changelog_version
 from tests.deploy.podman import Podman
 from tests.deploy.util import record, wait_for
 
@@ -28,30 +27,6 @@ pytestmark = pytest.mark.deploy
 
 CONFIG = "/etc/connectproxy/connectproxy.yaml"
 PYTHON = "/opt/connectproxy/bin/python"  # the package's own interpreter runs the test peer
-
-
-def build_deb(out: Path, version: str | None = None, pure: bool = False) -> Path:
-    command = ["make", "-C", str(REPO), "deb", f"DEB_OUT={out}"]
-    if version:
-        command.append(f"DEB_VERSION={version}")
-    env = {"CONNECTPROXY_PURE_PYTHON": "1"} if pure else {}
-    started = time.monotonic()
-    proc = subprocess.run(
-        command, capture_output=True, text=True, timeout=900, env={**os.environ, **env}
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    record(f"make deb{' (plain Python)' if pure else ''} (s)", f"{time.monotonic() - started:.1f}")
-    (deb,) = out.glob("connectproxy_*.deb")
-    return deb
-
-
-def changelog_version() -> str:
-    return subprocess.run(
-        ["dpkg-parsechangelog", "-l", str(REPO / "debian" / "changelog"), "-S", "Version"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
 
 
 @dataclass
@@ -63,16 +38,14 @@ class Packages:
 
 
 @pytest.fixture(scope="module")
-def packages(tmp_path_factory: pytest.TempPathFactory) -> Packages:
-    base = tmp_path_factory.mktemp("debs")
+def packages(deb_builds: dict[str, DebBuild]) -> Packages:
+    first = deb_builds["first"].wait()
+    upgrade = deb_builds["upgrade"].wait()
+    for deb in (first, upgrade):
+        deb.chmod(0o644)
+        deb.parent.chmod(0o755)
     version = changelog_version()
-    upgrade_version = f"{version}+upgrade1"
-    first = build_deb(base / "first")
-    upgrade = build_deb(base / "upgrade", upgrade_version, pure=True)
-    for path in base.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    base.chmod(0o755)
-    return Packages(first, upgrade, version, upgrade_version)
+    return Packages(first, upgrade, version, f"{version}+upgrade1")
 
 
 @dataclass
