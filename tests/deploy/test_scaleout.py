@@ -373,6 +373,11 @@ def test_rolling_operations_lose_no_new_tunnel(cluster: Cluster) -> None:
         time.sleep(2 * CHECK_INTERVAL + 1)
         cluster.close_phase()
         ended = sum(1 for sock in held if not still_works(sock))
+        record(
+            "scale-out SIGKILL: held tunnels per instance, ended by the kill",
+            f"{sorted(carried.values())}, {ended} ended (the killed one carried "
+            f"{carried[victim.address]})",
+        )
         assert ended == carried[victim.address], (ended, carried)
     finally:
         for sock in held:
