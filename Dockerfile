@@ -3,6 +3,8 @@
 # connectproxy as a container: a slim image, a non-root user, only the wheels installed.
 #
 #   docker build -t connectproxy .            (BuildKit, the default since Docker 23)
+#   docker build --build-arg CONNECTPROXY_PURE_PYTHON=1 -t connectproxy .
+#                                             (plain Python: no compiler, slower, same behaviour)
 #   docker run -d --name connectproxy -p 3128:3128 \
 #       -v "$PWD"/connectproxy.yaml:/etc/connectproxy/connectproxy.yaml:ro \
 #       --stop-timeout 35 connectproxy
@@ -27,16 +29,24 @@
 
 # ---- builder: resolve and build every wheel (the package and its dependencies) --------------
 FROM python:3.11-slim AS builder
+# Which build: empty (the default) compiles the connection path with mypyc (setup.py); 1 builds
+# plain Python. Declared here so that --build-arg reaches the RUN lines below; any other value
+# than 1 means the compiled build (setup.py alone would take "0" for plain Python).
+ARG CONNECTPROXY_PURE_PYTHON=
 WORKDIR /src
 # .dockerignore keeps the virtualenv, git history, tests and caches out of this context.
 COPY . .
-# The connection path is compiled to C when connectproxy's wheel is built (setup.py), so this
-# stage needs a C compiler; the slim image already has the Python headers. uvloop, PyYAML and
-# bcrypt ship binary wheels for amd64 and arm64. Compilers stay here, never in the final stage.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libc6-dev \
- && rm -rf /var/lib/apt/lists/*
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[bcrypt]"
+# The compiled build needs a C compiler in this stage; the slim image already has the Python
+# headers. uvloop, PyYAML and bcrypt ship binary wheels for amd64 and arm64. Compilers stay here,
+# never in the final stage; the plain-Python build needs none.
+RUN if [ "$CONNECTPROXY_PURE_PYTHON" != 1 ]; then \
+        apt-get update \
+     && apt-get install -y --no-install-recommends gcc libc6-dev \
+     && rm -rf /var/lib/apt/lists/*; \
+    fi
+RUN if [ "$CONNECTPROXY_PURE_PYTHON" = 1 ]; then export CONNECTPROXY_PURE_PYTHON=1; \
+    else unset CONNECTPROXY_PURE_PYTHON; fi \
+ && pip wheel --no-cache-dir --wheel-dir /wheels ".[bcrypt]"
 
 # ---- final: the interpreter, the installed wheels, nothing else ---------------------------
 FROM python:3.11-slim
@@ -47,8 +57,13 @@ RUN groupadd --system --gid 10001 connectproxy \
         --shell /usr/sbin/nologin connectproxy \
  && mkdir -p /etc/connectproxy
 # Install from the builder's wheels through a bind mount, so the wheels never become a layer.
+# The version line says which build was installed; a build argument that did not take effect
+# fails the build here instead of shipping the other build silently.
+ARG CONNECTPROXY_PURE_PYTHON=
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels "connectproxy[bcrypt]"
+    pip install --no-cache-dir --no-index --find-links=/wheels "connectproxy[bcrypt]" \
+ && if [ "$CONNECTPROXY_PURE_PYTHON" = 1 ]; then expected=no; else expected=yes; fi \
+ && connectproxy --version | grep -F "(compiled: $expected)"
 
 USER 10001:10001
 EXPOSE 3128 9128

