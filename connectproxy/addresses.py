@@ -14,6 +14,12 @@ from collections.abc import Iterable
 from connectproxy.config import IPAddress, IPNetwork
 from connectproxy.netset import NetworkSet
 
+# What accept(), getpeername() and getsockname() hand over for a TCP socket: (host, port) from an
+# IPv4 socket, (host, port, flowinfo, scope_id) from an IPv6 one, and a dual-stack listener is an
+# IPv6 socket for IPv4 clients too. Compiled (setup.py), an annotation is checked when a value
+# crosses it, so every peer or socket address is declared with both shapes, never (str, int).
+SocketAddress = tuple[str, int] | tuple[str, int, int, int]
+
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _TEREDO = ipaddress.IPv6Network("2001::/32")
 

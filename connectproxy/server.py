@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectproxy import proxyproto
-from connectproxy.addresses import endpoint_text, parse_address
+from connectproxy.addresses import SocketAddress, endpoint_text, parse_address
 from connectproxy.auth import Authenticator
 from connectproxy.busypoll import BusyPoll
 from connectproxy.config import Config, IPAddress, Listener
@@ -299,7 +299,7 @@ class Server:
 
         self.loop.call_later(0.25, resume)
 
-    def _accepted(self, sock: socket.socket, peer: tuple[str, int], entry: _Listening) -> None:
+    def _accepted(self, sock: socket.socket, peer: SocketAddress, entry: _Listening) -> None:
         sock.setblocking(False)
         if not NODELAY_INHERITED:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -313,7 +313,7 @@ class Server:
         task.add_done_callback(self.tasks.discard)
 
     def _refuse_overloaded(
-        self, sock: socket.socket, peer: tuple[str, int], reason: str, answer: bool
+        self, sock: socket.socket, peer: SocketAddress, reason: str, answer: bool
     ) -> None:
         """503 without reading a request; on a TLS listener just close (no TLS, no HTTP)."""
         rec = AccessRecord(
@@ -338,7 +338,7 @@ class Server:
         assert task is not None
         return task
 
-    async def _serve(self, sock: socket.socket, peer: tuple[str, int], entry: _Listening) -> None:
+    async def _serve(self, sock: socket.socket, peer: SocketAddress, entry: _Listening) -> None:
         policy = self.policy
         config = policy.config
         listener = entry.listener
