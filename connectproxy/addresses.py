@@ -47,6 +47,18 @@ def address_text(addr: IPAddress) -> str:
     return str(addr)
 
 
+def peer_host(host: str) -> str:
+    """A peer's address as logs show it. A dual-stack listener sees an IPv4 client as
+    ::ffff:a.b.c.d: it is shown as a.b.c.d, the address admission and the per-source limit use,
+    and what an IPv4 listener shows for the same client. Other addresses stay as the socket gave
+    them (an IPv6 zone included)."""
+    if ":" in host:
+        addr = parse_address(host)
+        if isinstance(addr, ipaddress.IPv4Address):
+            return address_text(addr)
+    return host
+
+
 def endpoint_text(addr: IPAddress, port: int) -> str:
     """ "host:port" or "[v6]:port", as logs show a connected peer."""
     host = address_text(addr)

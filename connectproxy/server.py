@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectproxy import proxyproto
-from connectproxy.addresses import SocketAddress, endpoint_text, parse_address
+from connectproxy.addresses import SocketAddress, endpoint_text, parse_address, peer_host
 from connectproxy.auth import Authenticator
 from connectproxy.busypoll import BusyPoll
 from connectproxy.config import Config, IPAddress, Listener
@@ -318,7 +318,7 @@ class Server:
         """503 without reading a request; on a TLS listener just close (no TLS, no HTTP)."""
         rec = AccessRecord(
             start=time.time(),
-            client_addr=peer[0],
+            client_addr=peer_host(peer[0]),
             client_port=peer[1],
             outcome="overloaded",
             status=503,
@@ -344,7 +344,10 @@ class Server:
         listener = entry.listener
         began = time.perf_counter()  # the loop's clock ticks in whole milliseconds
         rec = AccessRecord(
-            start=time.time(), client_addr=peer[0], client_port=peer[1], listener=listener.address
+            start=time.time(),
+            client_addr=peer_host(peer[0]),
+            client_port=peer[1],
+            listener=listener.address,
         )
         source_addr = parse_address(peer[0])
         source_port = peer[1]
