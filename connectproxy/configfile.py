@@ -296,7 +296,7 @@ _ACCESS_FORMATS: tuple[AccessFormat, ...] = ("json", "squid")
 
 # The dataclass defaults of config.py are the defaults of every absent key.
 _DEFAULTS = Config()
-_DEFAULT_LISTENER = Listener("0.0.0.0", 3128)
+_DEFAULT_LISTENER = Listener("::", 3128)
 _DEFAULT_UPSTREAM = Upstream()
 
 _T = TypeVar("_T")
@@ -382,7 +382,8 @@ def _split_host_port(text: str, example: str = "0.0.0.0:3128") -> tuple[str, int
         raise ValueError('an IPv6 address goes in brackets, as in "[::]:3128"')
     if not host_text:
         raise ValueError(
-            'needs a host: "0.0.0.0:3128" for all IPv4 addresses, "[::]:3128" for IPv6'
+            'needs a host: "[::]:3128" for every IPv4 and IPv6 address, "0.0.0.0:3128" for '
+            "IPv4 only"
         )
     try:
         host = str(ipaddress.IPv4Address(host_text))
@@ -683,7 +684,7 @@ class _Validator:
         entries = self.items(value, where) if is_list else [(value, where)]
         if not entries:
             raise self.error(
-                where, "needs at least one listener; remove the key for the default 0.0.0.0:3128"
+                where, "needs at least one listener; remove the key for the default [::]:3128"
             )
         listeners: list[Listener] = []
         for entry, at in entries:
@@ -1087,8 +1088,22 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
-def _listener_line(listener: Listener) -> str:
+def _listener_scope(listener: Listener, listeners: tuple[Listener, ...]) -> str | None:
+    """Which clients an unspecified address takes, since "[::]" alone and "[::]" beside an
+    IPv4 listener on its port differ (server.bind_listener)."""
+    if listener.host == "0.0.0.0":
+        return "every IPv4 address"
+    if listener.host != "::":
+        return None
+    if any(o.port == listener.port and ":" not in o.host for o in listeners):
+        return "every IPv6 address"
+    return "every IPv4 and IPv6 address, one dual-stack socket; IPv4 only if the host has no IPv6"
+
+
+def _listener_line(listener: Listener, listeners: tuple[Listener, ...]) -> str:
     details = []
+    if (scope := _listener_scope(listener, listeners)) is not None:
+        details.append(scope)
     if listener.proxy_protocol != "off":
         details.append(f"PROXY protocol {listener.proxy_protocol} required")
     tls = listener.tls
@@ -1130,7 +1145,7 @@ def summarize(config: Config) -> list[str]:
     if mode == "report":
         mode += " (destinations outside the allowlist are let through and logged as would_deny)"
     lines = [f"source: {config.source}"]
-    lines += [_listener_line(listener) for listener in config.listen]
+    lines += [_listener_line(listener, config.listen) for listener in config.listen]
     lines += [
         f"allow.mode: {mode}",
         f"allow.ports: {_join(sorted(allow.ports))}",
