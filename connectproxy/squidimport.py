@@ -55,6 +55,8 @@ DEFENDER_ALLOWLIST = (
 
 # Squid's listening port when squid.conf has no http_port.
 _DEFAULT_LISTEN_PORT = 3128
+# Where Squid listens for an http_port without an address: every IPv4 and IPv6 address.
+_EVERY_ADDRESS = "::"
 # The port sensors tunnel to, and allow.ports when squid.conf does not say.
 _TLS_PORT = 443
 
@@ -430,7 +432,6 @@ class _Translator:
         if not d.args:
             raise self.fail(d, "http_port needs a port, as in `http_port 3128`")
         host, port = self.listen_address(d)
-        every_address = ":" not in d.args[0]
         options = d.args[1:]
         modes = sorted(_NOT_FORWARD_MODES.intersection(options))
         if modes:
@@ -449,13 +450,6 @@ class _Translator:
         if unknown:
             self.warn(index, d.where, f"http_port options ignored: {' '.join(unknown)}")
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        if every_address:
-            self.warn(
-                index,
-                d.where,
-                f"Squid listens on every IPv4 and IPv6 address here; translated as {shown} "
-                f'(IPv4 only): add "[::]:{port}" to listen if clients connect over IPv6',
-            )
         if proxy_protocol:
             # Squid's require-proxy-header accepts both PROXY protocol versions.
             self.listen.append({"address": shown, "proxy_protocol": "any"})
@@ -463,11 +457,12 @@ class _Translator:
             self.listen.append(shown)
 
     def listen_address(self, d: Directive) -> tuple[str, int]:
-        """Squid's `[host:]port`; a bare port listens on every address."""
+        """Squid's `[host:]port`. A bare port is every IPv4 and IPv6 address, as in Squid: "[::]",
+        one dual-stack socket (IPv4 alone on a host without IPv6, server.open_listener)."""
         text = d.args[0]
         host_text, sep, port_text = text.rpartition(":")
         if not sep:
-            host_text = "0.0.0.0"
+            host_text = _EVERY_ADDRESS
         elif host_text.startswith("[") and host_text.endswith("]"):
             host_text = host_text[1:-1]
         if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
@@ -729,7 +724,7 @@ class _Translator:
                 "connectproxy needs at least one forward-proxy listener"
             )
         mapping: dict[str, Any] = {}
-        mapping["listen"] = self.listen or [f"0.0.0.0:{_DEFAULT_LISTEN_PORT}"]
+        mapping["listen"] = self.listen or [f"[{_EVERY_ADDRESS}]:{_DEFAULT_LISTEN_PORT}"]
         terms = self.terms()
         clients, use_htpasswd = self.admission(terms)
         self.note_unused_sources()
