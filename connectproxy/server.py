@@ -136,10 +136,12 @@ def bind_listener(
 ) -> socket.socket:
     """A listening socket for `listener`. `new_socket` makes the socket: a test passes one that
     fails for IPv6 as a host without IPv6 does (see `open_listener`)."""
-    infos = socket.getaddrinfo(
+    # Plain tuples, as in dial.lookup: compiled, the declared enum types would be checked.
+    infos: list[tuple[Any, ...]] = socket.getaddrinfo(
         listener.host, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
-    family, _, _, _, sockaddr = infos[0]
+    family: int = infos[0][0]
+    sockaddr: SocketAddress = infos[0][4]
     sock = new_socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
