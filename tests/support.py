@@ -211,6 +211,8 @@ class ProxyProcess:
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] | None = None
     proc: subprocess.Popen[bytes] | None = None
+    # Runs in the child before the proxy starts: how a test narrows what the host offers it.
+    preexec: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self.port = free_port()
@@ -235,6 +237,7 @@ class ProxyProcess:
             stdout=self.stdout_path.open("wb"),
             stderr=self.stderr_path.open("wb"),
             env=self.env,
+            preexec_fn=self.preexec,
         )
         if wait:
             self.wait_listening()

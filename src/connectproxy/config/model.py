@@ -198,7 +198,8 @@ class Log:
 
 @dataclass(frozen=True)
 class Config:
-    listen: tuple[Listener, ...] = (Listener("0.0.0.0", 3128),)
+    # Every IPv4 and IPv6 address, as Squid listens (server.open_listener).
+    listen: tuple[Listener, ...] = (Listener("::", 3128),)
     allow: Allow = Allow()
     clients: tuple[Client, ...] = ()
     users: tuple[User, ...] = ()

@@ -23,7 +23,7 @@ __all__ = ["ListenerPlaces", "listen"]
 ListenerPlaces = dict[tuple[str, int], Where]
 
 _PROXY_PROTOCOLS: tuple[ProxyProtocolMode, ...] = ("off", "v1", "v2", "any")
-_DEFAULT_LISTENER = Listener("0.0.0.0", 3128)
+_DEFAULT_LISTENER = Listener("::", 3128)
 
 
 def listen(check: Checker, value: Any, where: Where) -> tuple[tuple[Listener, ...], ListenerPlaces]:
@@ -33,7 +33,7 @@ def listen(check: Checker, value: Any, where: Where) -> tuple[tuple[Listener, ..
     listed = items(check, value, where) if is_list else [(value, where)]
     if not listed:
         raise check.error(
-            where, "needs at least one listener; remove the key for the default 0.0.0.0:3128"
+            where, "needs at least one listener; remove the key for the default [::]:3128"
         )
     listeners: list[Listener] = []
     places: ListenerPlaces = {}

@@ -59,7 +59,8 @@ def split_host_port(text: str, example: str = "0.0.0.0:3128") -> tuple[str, int]
         raise ValueError('an IPv6 address goes in brackets, as in "[::]:3128"')
     if not host_text:
         raise ValueError(
-            'needs a host: "0.0.0.0:3128" for all IPv4 addresses, "[::]:3128" for IPv6'
+            'needs a host: "[::]:3128" for every IPv4 and IPv6 address, "0.0.0.0:3128" for '
+            "IPv4 only"
         )
     try:
         host = str(ipaddress.IPv4Address(host_text))

@@ -23,8 +23,22 @@ def _seconds(value: float) -> str:
     return f"{value:g}s"
 
 
-def _listener_line(listener: Listener) -> str:
+def _listener_scope(listener: Listener, listeners: tuple[Listener, ...]) -> str | None:
+    """Which clients an unspecified address takes, since "[::]" alone and "[::]" beside an
+    IPv4 listener on its port differ (server.listening.bind_listener)."""
+    if listener.host == "0.0.0.0":
+        return "every IPv4 address"
+    if listener.host != "::":
+        return None
+    if any(o.port == listener.port and ":" not in o.host for o in listeners):
+        return "every IPv6 address"
+    return "every IPv4 and IPv6 address, one dual-stack socket; IPv4 only if the host has no IPv6"
+
+
+def _listener_line(listener: Listener, listeners: tuple[Listener, ...]) -> str:
     details = []
+    if (scope := _listener_scope(listener, listeners)) is not None:
+        details.append(scope)
     if listener.proxy_protocol != "off":
         details.append(f"PROXY protocol {listener.proxy_protocol} required")
     tls = listener.tls
@@ -66,7 +80,7 @@ def summarize(config: Config) -> list[str]:
     if mode == "report":
         mode += " (destinations outside the allowlist are let through and logged as would_deny)"
     lines = [f"source: {config.source}"]
-    lines += [_listener_line(listener) for listener in config.listen]
+    lines += [_listener_line(listener, config.listen) for listener in config.listen]
     lines += [
         f"allow.mode: {mode}",
         f"allow.ports: {_join(sorted(allow.ports))}",

@@ -13,6 +13,12 @@ from collections.abc import Iterable
 
 from connectproxy.matching.netset import IPAddress, IPNetwork, NetworkSet
 
+# What accept(), getpeername() and getsockname() hand over for a TCP socket: (host, port) from an
+# IPv4 socket, (host, port, flowinfo, scope_id) from an IPv6 one, and a dual-stack listener is an
+# IPv6 socket for IPv4 clients too. Compiled (setup.py), an annotation is checked when a value
+# crosses it, so every peer or socket address is declared with both shapes, never (str, int).
+SocketAddress = tuple[str, int] | tuple[str, int, int, int]
+
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _TEREDO = ipaddress.IPv6Network("2001::/32")
 
@@ -38,6 +44,18 @@ def address_text(addr: IPAddress) -> str:
     """str() of an ipaddress object runs in Python (0.6 us for IPv4, 3 us for IPv6), and a
     plant's sensors reach the same few destinations again and again."""
     return str(addr)
+
+
+def peer_host(host: str) -> str:
+    """A peer's address as logs show it. A dual-stack listener sees an IPv4 client as
+    ::ffff:a.b.c.d: it is shown as a.b.c.d, the address admission and the per-source limit use,
+    and what an IPv4 listener shows for the same client. Other addresses stay as the socket gave
+    them (an IPv6 zone included)."""
+    if ":" in host:
+        addr = parse_address(host)
+        if isinstance(addr, ipaddress.IPv4Address):
+            return address_text(addr)
+    return host
 
 
 def endpoint_text(addr: IPAddress, port: int) -> str:

@@ -12,6 +12,7 @@ import errno
 import ipaddress
 import os
 import socket
+from typing import Any
 
 from connectproxy.config.model import Config
 from connectproxy.matching.addresses import address_text, normalise, parse_address
@@ -51,6 +52,10 @@ async def resolve(target: Target, config: Config) -> list[IPAddress]:
 async def lookup(host: str, port: int) -> list[IPAddress]:
     """DNS through the loop's resolver (which runs off the loop), deduplicated, in order."""
     loop = asyncio.get_running_loop()
+    # Plain tuples: typeshed declares (AddressFamily, SocketKind, ...), and compiled (setup.py)
+    # that is checked for every entry, but the socket module hands over a bare int for a family
+    # or kind its enums lack. Only the address, sockaddr[0], is read, whatever the family.
+    infos: list[tuple[Any, ...]]
     try:
         infos = await loop.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP

@@ -21,11 +21,10 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from connectproxy.config.model import Config, Listener
 from connectproxy.credentials.auth import Authenticator
-from connectproxy.matching.addresses import parse_address
+from connectproxy.matching.addresses import SocketAddress, parse_address, peer_host
 from connectproxy.matching.netset import IPAddress
 from connectproxy.net.connector import Connector
 from connectproxy.net.deadlines import Deadlines
@@ -82,17 +81,21 @@ class Flow:
     async def serve(
         self,
         sock: socket.socket,
-        peer: Any,
+        peer: SocketAddress,
         entry: Listening,
         loaded: Loaded,
         connector: Connector,
     ) -> None:
-        """`peer` is the accepted socket's address: (host, port) for IPv4, a 4-tuple for IPv6."""
+        """`peer` is the accepted socket's address: (host, port) for IPv4, a 4-tuple for IPv6
+        (a dual-stack listener's IPv4 clients too, as ::ffff:a.b.c.d)."""
         config = loaded.config
         listener = entry.listener
         began = time.perf_counter()  # the loop's clock ticks in whole milliseconds
         rec = AccessRecord(
-            start=time.time(), client_addr=peer[0], client_port=peer[1], listener=listener.address
+            start=time.time(),
+            client_addr=peer_host(peer[0]),
+            client_port=peer[1],
+            listener=listener.address,
         )
         source_addr = parse_address(peer[0])
         source_port: int = peer[1]

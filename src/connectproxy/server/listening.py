@@ -6,13 +6,17 @@ server's (server.py), because pausing and resuming it belongs with the connectio
 
 from __future__ import annotations
 
+import errno
 import resource
 import socket
 import ssl
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from connectproxy.config.model import Listener
+from connectproxy.matching.addresses import SocketAddress
 
 FDS_PER_CONNECTION = 2
 FDS_RESERVED = 64  # listeners, logs, pipes in flight, the resolver's threads
@@ -60,21 +64,31 @@ def connection_capacity(fd_limit: int) -> int:
 
 
 def bind_listener(
-    listener: Listener, all_listeners: tuple[Listener, ...], reuse_port: bool
+    listener: Listener,
+    all_listeners: tuple[Listener, ...],
+    reuse_port: bool,
+    new_socket: Callable[[int, int], socket.socket] = socket.socket,
 ) -> socket.socket:
-    infos = socket.getaddrinfo(
+    """A listening socket for `listener`. `new_socket` makes the socket: a test passes one that
+    fails for IPv6 as a host without IPv6 does (see `open_listener`)."""
+    # Plain tuples, as in dial.lookup: compiled, the declared enum types would be checked.
+    infos: list[tuple[Any, ...]] = socket.getaddrinfo(
         listener.host, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )
-    family, _, _, _, sockaddr = infos[0]
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    family: int = infos[0][0]
+    sockaddr: SocketAddress = infos[0][4]
+    sock = new_socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             # "[::]:P" is dual-stack unless an IPv4 listener wants the same port.
-            v4_same_port = any(o.port == listener.port and ":" not in o.host for o in all_listeners)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v4_same_port))
+            sock.setsockopt(
+                socket.IPPROTO_IPV6,
+                socket.IPV6_V6ONLY,
+                int(_ipv4_same_port(listener, all_listeners)),
+            )
         # Accepted sockets inherit TCP_NODELAY from the listener on Linux: one setsockopt here
         # instead of one per connection (elsewhere `_accepted` sets it on each).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -85,3 +99,33 @@ def bind_listener(
         sock.close()
         raise
     return sock
+
+
+def _ipv4_same_port(listener: Listener, all_listeners: tuple[Listener, ...]) -> bool:
+    return any(o.port == listener.port and ":" not in o.host for o in all_listeners)
+
+
+# What creating or binding an IPv6 socket fails with on a host without IPv6: a kernel without it
+# (built so, or booted with ipv6.disable=1) has no such address family; with IPv6 switched off
+# on every interface, an IPv6 address cannot be assigned.
+NO_IPV6 = (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT, errno.EADDRNOTAVAIL)
+
+
+def open_listener(
+    listener: Listener,
+    all_listeners: tuple[Listener, ...],
+    reuse_port: bool,
+    new_socket: Callable[[int, int], socket.socket] = socket.socket,
+) -> tuple[socket.socket, OSError | None]:
+    """`bind_listener`, except that a dual-stack "[::]:P" listener (every IPv4 and IPv6 address,
+    the embedded default) on a host without IPv6 listens on "0.0.0.0:P" instead, as Squid does.
+    The second item is then the IPv6 failure, for the one warning the caller logs: the socket
+    stays open across reloads, so the fallback happens once per process."""
+    try:
+        return bind_listener(listener, all_listeners, reuse_port, new_socket), None
+    except OSError as exc:
+        dual_stack = listener.host == "::" and not _ipv4_same_port(listener, all_listeners)
+        if not dual_stack or exc.errno not in NO_IPV6:
+            raise
+        ipv4 = Listener("0.0.0.0", listener.port, listener.proxy_protocol, listener.tls)
+        return bind_listener(ipv4, all_listeners, reuse_port, new_socket), exc

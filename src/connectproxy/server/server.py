@@ -13,9 +13,9 @@ import socket
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from connectproxy.config.model import Config, Listener
+from connectproxy.matching.addresses import SocketAddress, peer_host
 from connectproxy.net.busypoll import BusyPoll
 from connectproxy.net.connector import Connector
 from connectproxy.net.deadlines import Deadlines
@@ -26,9 +26,9 @@ from connectproxy.server.limits import TOO_MANY, SourceCounts
 from connectproxy.server.listening import (
     NODELAY_INHERITED,
     Listening,
-    bind_listener,
     connection_capacity,
     listener_tls_context,
+    open_listener,
     raise_fd_limit,
 )
 from connectproxy.server.tunnels import Tunnels
@@ -99,7 +99,14 @@ class Server:
 
     def _listen(self, listener: Listener) -> None:
         ctx = listener_tls_context(listener)
-        sock = bind_listener(listener, self.config.listen, self.reuse_port)
+        sock, no_ipv6 = open_listener(listener, self.config.listen, self.reuse_port)
+        if no_ipv6 is not None:
+            self.log.warning(
+                "no IPv6 on this host: listening on IPv4 addresses only",
+                address=listener.address,
+                listening_on=f"0.0.0.0:{listener.port}",
+                error=no_ipv6.strerror or str(no_ipv6),
+            )
         entry = Listening(listener, sock, ctx)
         self.listening.append(entry)
         self.loop.add_reader(sock.fileno(), self._on_acceptable, entry)
@@ -160,8 +167,6 @@ class Server:
         """Accept up to `limit` connections; True if it took that many (more may be waiting)."""
         for _ in range(limit):
             try:
-                # The peer address is (host, port) for IPv4 and a 4-tuple for IPv6: typed Any,
-                # so the compiled build checks no tuple shape here.
                 sock, peer = entry.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return False
@@ -194,7 +199,7 @@ class Server:
 
         self.loop.call_later(0.25, resume)
 
-    def _accepted(self, sock: socket.socket, peer: Any, entry: Listening) -> None:
+    def _accepted(self, sock: socket.socket, peer: SocketAddress, entry: Listening) -> None:
         sock.setblocking(False)
         if not NODELAY_INHERITED:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -209,12 +214,12 @@ class Server:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def _refuse_overloaded(self, sock: socket.socket, peer: Any, answer: bool) -> None:
+    def _refuse_overloaded(self, sock: socket.socket, peer: SocketAddress, answer: bool) -> None:
         """The connection limit: 503 without reading a request; on a TLS listener just close
         (no TLS, no HTTP)."""
         rec = AccessRecord(
             start=time.time(),
-            client_addr=peer[0],
+            client_addr=peer_host(peer[0]),
             client_port=peer[1],
             outcome="overloaded",
             status=503,

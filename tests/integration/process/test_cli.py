@@ -110,7 +110,10 @@ def test_check_config_embedded_default(capsys: pytest.CaptureFixture[str]) -> No
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == "<embedded default>: valid"
-    assert "listen: 0.0.0.0:3128" in lines
+    assert (
+        "listen: [::]:3128 (every IPv4 and IPv6 address, one dual-stack socket; "
+        "IPv4 only if the host has no IPv6)"
+    ) in lines
     assert "allow.ports: 443" in lines
     assert (
         "allow.domains: .azure-devices.net, .blob.core.windows.net, .servicebus.windows.net, "

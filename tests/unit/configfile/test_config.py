@@ -76,7 +76,7 @@ def touch(folder: Path, *names: str) -> None:
 def test_embedded_default_is_spec_3_1() -> None:
     config = load_default()
     assert config.source == EMBEDDED_SOURCE
-    assert config.listen == (Listener("0.0.0.0", 3128),)
+    assert config.listen == (Listener("::", 3128),)
     assert config.allow.ports == frozenset({443})
     assert [(p.text, p.kind, p.domain) for p in config.allow.domains] == [
         (".azure-devices.net", "suffix", "azure-devices.net"),
@@ -363,7 +363,7 @@ def test_empty_file_is_all_defaults_and_admits_nobody() -> None:
         config = load(text)
         assert config.clients == () and config.users == ()
         assert config.allow.domains == ()
-        assert config.listen == (Listener("0.0.0.0", 3128),)
+        assert config.listen == (Listener("::", 3128),)
         assert any("every request will get 407" in w for w in config.warnings)
         assert any("every request will get 403" in w for w in config.warnings)
 

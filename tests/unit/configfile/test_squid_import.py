@@ -113,7 +113,7 @@ def test_every_corpus_file_loads_and_its_yaml_reparses_to_the_same_config(name: 
 def test_azure_proxy_guide_config() -> None:
     translation, config = translated("azure-proxy.conf")
     file = DATA / "azure-proxy.conf"
-    assert config.listen == (Listener("0.0.0.0", 3128),)
+    assert config.listen == (Listener("::", 3128),)
     assert config.allow.ports == frozenset({443})
     assert domains(config) == [
         ".azure-devices.net",
@@ -130,14 +130,14 @@ def test_azure_proxy_guide_config() -> None:
         translation, file, 11, "comes before `http_access deny CONNECT !SSL_ports`", "ANY port"
     )
     assert_warning(translation, file, 18, "allow localhost", "limits it to allow.domains")
-    assert_warning(translation, file, 3, "IPv4 only")
+    assert not warnings_at(translation, file, 3)  # `http_port 3128`: every address, as Squid
     assert not warnings_at(translation, file, 5)  # `cache deny all` is accepted silently
-    assert len(translation.warnings) == 5
+    assert len(translation.warnings) == 4
 
 
 def chaining_checks(translation: Translation, config: Config, file: Path) -> None:
     """What the chaining guide's config (Debian's stock file + sensor1) must translate to."""
-    assert config.listen == (Listener("0.0.0.0", 3128),)
+    assert config.listen == (Listener("::", 3128),)
     assert client_networks(config) == {"sensor1": ["10.100.100.1/32"], "localhost": LOCALHOST}
     assert config.allow.ports == frozenset({443})
     assert domains(config) == DEFENDER
@@ -240,12 +240,12 @@ def test_proxy_header_listener() -> None:
     translation, config = translated("proxy-header.conf")
     file = DATA / "proxy-header.conf"
     assert config.listen == (
-        Listener("0.0.0.0", 3128, proxy_protocol="any"),
+        Listener("::", 3128, proxy_protocol="any"),
         Listener("127.0.0.1", 3129),
     )
     assert client_networks(config) == {"sensors": ["10.20.0.0/16"]}
     assert_warning(translation, file, 5, "proxy_protocol_access ignored", "load balancer")
-    assert not warnings_at(translation, file, 4)  # an explicit address: no IPv6 note
+    assert not warnings_at(translation, file, 4)  # an explicit address, translated as it is
 
 
 def test_include_with_glob_in_sorted_order() -> None:
@@ -260,7 +260,7 @@ def test_include_with_glob_in_sorted_order() -> None:
 
 def test_continuations() -> None:
     translation, config = translated("continuations.conf")
-    assert config.listen == (Listener("0.0.0.0", 3128),)
+    assert config.listen == (Listener("::", 3128),)
     assert client_networks(config) == {"sensors": ["10.40.0.1/32", "10.40.0.2/31"]}
     assert domains(config) == [".azure-devices.net", "download.microsoft.com"]
     file = DATA / "continuations.conf"
@@ -276,7 +276,7 @@ def test_acl_values_from_files() -> None:
         ".blob.core.windows.net",
         "download.microsoft.com",
     ]
-    assert len(translation.warnings) == 2  # IPv6 note, plain-HTTP note
+    assert len(translation.warnings) == 1  # the plain-HTTP note
 
 
 # --- one corpus file per kind of difference ---------------------------------------------------
@@ -402,7 +402,7 @@ def test_several_listeners() -> None:
     translation, config = translated("listeners.conf")
     file = DATA / "listeners.conf"
     assert config.listen == (
-        Listener("0.0.0.0", 3128),
+        Listener("::", 3128),
         Listener("10.0.0.1", 3129),
         Listener("::1", 3131),
     )
@@ -413,7 +413,7 @@ def test_several_listeners() -> None:
 
 def test_ssl_bump_is_not_translated(tmp_path: Path) -> None:
     translation = translate_text(tmp_path, "http_port 3128 ssl-bump\nhttp_access allow localhost\n")
-    assert translation.mapping["listen"] == ["0.0.0.0:3128"]
+    assert translation.mapping["listen"] == ["[::]:3128"]
     assert_warning(translation, tmp_path / "squid.conf", 1, "ssl-bump ignored")
 
 
@@ -468,8 +468,8 @@ def test_squid_time_units(tmp_path: Path, value: str, seconds: float) -> None:
 
 def test_no_http_port_listens_on_3128(tmp_path: Path) -> None:
     translation = translate_text(tmp_path, "http_access allow localhost\n")
-    assert translation.mapping["listen"] == ["0.0.0.0:3128"]
-    assert not any("IPv4 only" in w for w in translation.warnings)  # as Squid: no difference
+    assert translation.mapping["listen"] == ["[::]:3128"]
+    assert not any("IPv6" in w for w in translation.warnings)  # as Squid: no difference
 
 
 def test_source_value_forms(tmp_path: Path) -> None:

@@ -59,6 +59,10 @@ _IGNORED_BECAUSE = {
 }
 
 
+# Where Squid listens for an http_port without an address: every IPv4 and IPv6 address.
+EVERY_ADDRESS = "::"
+
+
 class Settings:
     """What the directives other than the access rules and the upstream translate into."""
 
@@ -138,7 +142,6 @@ class Settings:
         if not d.args:
             raise refuse(d, "http_port needs a port, as in `http_port 3128`")
         host, port = _listen_address(d)
-        every_address = ":" not in d.args[0]
         options = d.args[1:]
         modes = sorted(_NOT_FORWARD_MODES.intersection(options))
         if modes:
@@ -157,13 +160,6 @@ class Settings:
         if unknown:
             self.report.warn(index, d.where, f"http_port options ignored: {' '.join(unknown)}")
         shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        if every_address:
-            self.report.warn(
-                index,
-                d.where,
-                f"Squid listens on every IPv4 and IPv6 address here; translated as {shown} "
-                f'(IPv4 only): add "[::]:{port}" to listen if clients connect over IPv6',
-            )
         if proxy_protocol:
             # Squid's require-proxy-header accepts both PROXY protocol versions.
             self.listen.append({"address": shown, "proxy_protocol": "any"})
@@ -208,11 +204,12 @@ class Settings:
 
 
 def _listen_address(d: Directive) -> tuple[str, int]:
-    """Squid's `[host:]port`; a bare port listens on every address."""
+    """Squid's `[host:]port`. A bare port is every IPv4 and IPv6 address, as in Squid: "[::]",
+    one dual-stack socket (IPv4 alone on a host without IPv6, server.listening.open_listener)."""
     text = d.args[0]
     host_text, sep, port_text = text.rpartition(":")
     if not sep:
-        host_text = "0.0.0.0"
+        host_text = EVERY_ADDRESS
     elif host_text.startswith("[") and host_text.endswith("]"):
         host_text = host_text[1:-1]
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:

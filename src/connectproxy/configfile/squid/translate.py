@@ -31,7 +31,7 @@ import yaml
 from connectproxy.config.model import DEFAULT_DENY_NETWORKS
 from connectproxy.configfile.squid.access import access
 from connectproxy.configfile.squid.acls import Acls, Rule
-from connectproxy.configfile.squid.directives import Settings
+from connectproxy.configfile.squid.directives import EVERY_ADDRESS, Settings
 from connectproxy.configfile.squid.parse import Directive, SquidConfError, read_squid_conf
 from connectproxy.configfile.squid.report import Report, SquidImportError
 from connectproxy.configfile.squid.rules import evaluate
@@ -130,7 +130,7 @@ class _Translator:
                 "connectproxy needs at least one forward-proxy listener"
             )
         mapping: dict[str, Any] = {}
-        mapping["listen"] = settings.listen or [f"0.0.0.0:{_DEFAULT_LISTEN_PORT}"]
+        mapping["listen"] = settings.listen or [f"[{EVERY_ADDRESS}]:{_DEFAULT_LISTEN_PORT}"]
         evaluation = evaluate(self.rules, self.end, self.report)
         self.acls.note_unused_sources(self.rules)
         mapping.update(access(evaluation.terms, self.rules, settings.htpasswd, self.report))
