@@ -343,3 +343,37 @@ def test_a_decision_carries_client_user_and_route_with_its_policy() -> None:
     allowed(decision, "iot-hub")
     assert (decision.client, decision.user, decision.route) == ("admin", "admin", "direct")
     assert "policy='iot-hub'" in repr(decision)
+
+
+# --- admission through the config's indexes ------------------------------------------------------
+
+
+def test_admission_picks_the_first_client_whatever_the_way_it_matches() -> None:
+    config = Config(
+        clients=(
+            Client("wide", networks=nets("10.0.0.0/8")),
+            Client("narrow", networks=nets("10.1.0.0/16")),
+            Client("cert", tls_names=("dev-1",), networks=nets("10.2.0.0/16")),
+            Client("cert-2", tls_names=("dev-1", "dev-2")),
+        )
+    )
+    assert admit(src("10.1.0.1"), None, config).client == "wide"  # listed first
+    by_cert = admit(src("203.0.113.1", "dev-1"), None, config)
+    assert (by_cert.client, by_cert.reason) == ("cert", "admitted by client certificate")
+    assert admit(src("203.0.113.1", "dev-2"), None, config).client == "cert-2"
+    # A client listed before the one the certificate names admits by network.
+    both = admit(src("10.2.0.1", "dev-1"), None, config)
+    assert (both.client, both.reason) == ("wide", "admitted by source address")
+    assert not admit(src("203.0.113.1", "dev-3"), None, config).allowed
+
+
+def test_admission_with_a_thousand_clients_finds_each() -> None:
+    clients = tuple(
+        Client(f"site-{i}", networks=nets(f"10.{i // 250}.{i % 250}.0/24")) for i in range(1000)
+    )
+    config = Config(clients=(*clients, Client("last", networks=nets("127.0.0.0/8"))))
+    assert admit(src("10.3.249.9"), None, config).client == "site-999"
+    assert admit(src("10.0.0.1"), None, config).client == "site-0"
+    assert admit(src("127.0.0.1"), None, config).client == "last"
+    assert admit(src("::ffff:127.0.0.1"), None, config).client == "last"
+    assert not admit(src("10.4.0.1"), None, config).allowed

@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from connectproxy.matching.domains import DomainIndex, DomainPattern
-from connectproxy.matching.netset import IPAddress, IPNetwork, NetworkSet
+from connectproxy.matching.netset import IPAddress, IPNetwork, NetworkIndex, NetworkSet
 
 ProxyProtocolMode = Literal["off", "v1", "v2", "any"]
 AllowMode = Literal["enforce", "report"]
@@ -258,6 +258,10 @@ class Config:
     users_by_name: Mapping[str, User] = field(init=False, repr=False, compare=False)
     # Whether any policy is in report mode: then every access line carries `would_deny`.
     report_mode: bool = field(init=False, repr=False, compare=False)
+    # Admission's indexes of `clients`, by position: the first client holding a source network,
+    # the first listing a certificate name.
+    client_networks: NetworkIndex = field(init=False, repr=False, compare=False)
+    client_tls_names: Mapping[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         default = self.allow
@@ -288,3 +292,10 @@ class Config:
         for user in self.users:
             by_name.setdefault(user.name, user)
         object.__setattr__(self, "users_by_name", MappingProxyType(by_name))
+        numbered = ((net, i) for i, client in enumerate(self.clients) for net in client.networks)
+        object.__setattr__(self, "client_networks", NetworkIndex(numbered))
+        tls_names: dict[str, int] = {}
+        for i, client in enumerate(self.clients):
+            for tls_name in client.tls_names:
+                tls_names.setdefault(tls_name, i)
+        object.__setattr__(self, "client_tls_names", MappingProxyType(tls_names))

@@ -131,26 +131,25 @@ def admit(source: Source, credentials: Credentials | None, config: Config) -> De
             policies=found.policies,
         )
 
+    # The first client in the list that admits the source, by network or by certificate name,
+    # found through the config's indexes rather than a walk over every client.
     addr = normalise(source.addr)
-    for client in config.clients:
-        if client.networks and in_networks(addr, client.network_set):
-            return Decision(
-                True,
-                200,
-                "established",
-                "admitted by source address",
-                client=client.name,
-                policies=client.policies,
-            )
-        if client.tls_names and any(n in client.tls_names for n in source.tls_names):
-            return Decision(
-                True,
-                200,
-                "established",
-                "admitted by client certificate",
-                client=client.name,
-                policies=client.policies,
-            )
+    first = config.client_networks.first(addr)
+    by_network = first >= 0
+    for tls_name in source.tls_names:
+        number = config.client_tls_names.get(tls_name, -1)
+        if number >= 0 and (first < 0 or number < first):
+            first, by_network = number, False
+    if first >= 0:
+        client = config.clients[first]
+        return Decision(
+            True,
+            200,
+            "established",
+            "admitted by source address" if by_network else "admitted by client certificate",
+            client=client.name,
+            policies=client.policies,
+        )
     return _deny(407, "auth_required", "proxy authentication required")
 
 
