@@ -24,6 +24,7 @@ from .settings import (
     BENCH_DIR,
     INSTRUCTIONS,
     KNOWN_PROXIES,
+    LARGE,
     SCENARIOS,
     SYSCALLS,
     WORKERS_NAME,
@@ -144,7 +145,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         p.error(f"--proxies: give distinct names from {', '.join(KNOWN_PROXIES)}, connectproxy-wN")
     if "squid" in names and shutil.which(a.squid) is None:
         p.error(f"--proxies: squid is not installed at {a.squid} (use --squid PATH)")
-    if any(n == "connectproxy" or WORKERS_NAME.fullmatch(n) for n in names):
+    if any(n in ("connectproxy", LARGE) or WORKERS_NAME.fullmatch(n) for n in names):
         if shutil.which(a.connectproxy) is None:
             p.error(
                 f"--connectproxy: {a.connectproxy} is not an executable (use --connectproxy PATH)"

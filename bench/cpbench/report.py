@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .settings import INSTRUCTIONS, SYSCALLS, TRANSFERS, WORKERS_NAME, JsonDict
+from .settings import INSTRUCTIONS, LARGE, SYSCALLS, TRANSFERS, WORKERS_NAME, JsonDict
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,8 @@ def comparison(proxies: Sequence[str]) -> tuple[str, str] | None:
     most workers against the fewest (a scaling run)."""
     if "squid" in proxies:
         return next(((c, "squid") for c in proxies if c != "squid"), None)
+    if LARGE in proxies and "connectproxy" in proxies:
+        return LARGE, "connectproxy"  # the large config against the small one
     scaled = sorted(
         (int(m.group(1)), name) for name in proxies if (m := WORKERS_NAME.fullmatch(name))
     )

@@ -11,7 +11,10 @@ BENCH_DIR = Path(__file__).resolve().parent.parent
 REPO_DIR = BENCH_DIR.parent
 TARGET_HOST = "bench.azure-devices.net"
 DENIED_HOST = "denied.example.com"
-KNOWN_PROXIES = ("connectproxy", "squid", "direct")
+# "connectproxy-large": connectproxy on the same config grown to 10,000 domain patterns across
+# 100 policies, 1,000 clients and 1,000 users (largeconfig.py), to set beside "connectproxy".
+LARGE = "connectproxy-large"
+KNOWN_PROXIES = ("connectproxy", "squid", "direct", LARGE)
 # "connectproxy-w2": connectproxy with --workers 2, so one run can compare worker counts.
 WORKERS_NAME = re.compile(r"connectproxy-w([1-9][0-9]?)")
 SCENARIOS = ("rate", "throughput", "idle")

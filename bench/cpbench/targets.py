@@ -17,9 +17,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
+from . import largeconfig
 from .journal import Journal
 from .processes import child_setup, stop_tree
-from .settings import BENCH_DIR, DENIED_HOST, TARGET_HOST, WORKERS_NAME, BenchError, Settings
+from .settings import (
+    BENCH_DIR,
+    DENIED_HOST,
+    LARGE,
+    TARGET_HOST,
+    WORKERS_NAME,
+    BenchError,
+    Settings,
+)
 from .tools import Tools
 from .tracers import callgrind_command
 
@@ -79,10 +88,14 @@ class Proxies:
             "cache_log": str(cache_log),
         }
         workers = WORKERS_NAME.fullmatch(name)
-        if name == "connectproxy" or workers:
+        if name in ("connectproxy", LARGE) or workers:
             t.access_log = access_log
             fields["metrics_port"] = free_port()
             t.config_text = template("connectproxy.yaml", fields)
+            if name == LARGE:
+                large = largeconfig.generate((443, self.tools.origin_port))
+                grown = largeconfig.yaml(large, largeconfig.password_hash())
+                t.config_text = largeconfig.splice(t.config_text, grown)
             conf = self.rundir / f"{name}-{n}.yaml"
             conf.write_text(t.config_text)
             t.command = [self.s.connectproxy, "run", "--config", str(conf)]

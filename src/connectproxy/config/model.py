@@ -12,18 +12,25 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 
-from connectproxy.matching.domains import DomainPattern
-from connectproxy.matching.netset import IPAddress, IPNetwork, NetworkSet
+from connectproxy.matching.domains import DomainIndex, DomainPattern
+from connectproxy.matching.netset import IPAddress, IPNetwork, NetworkIndex, NetworkSet
 
 ProxyProtocolMode = Literal["off", "v1", "v2", "any"]
 AllowMode = Literal["enforce", "report"]
+TLSMode = Literal["off", "observe", "require", "verify_sni"]
 Strategy = Literal["failover", "round_robin"]
 LogFormat = Literal["json", "console"]
 AccessFormat = Literal["json", "squid"]
+
+# The policy `allow` defines, and the one a client or user that names none is bound to.
+DEFAULT_POLICY = "default"
+DEFAULT_POLICIES: tuple[str, ...] = (DEFAULT_POLICY,)
 
 
 @dataclass(frozen=True)
@@ -49,15 +56,32 @@ class Listener:
 
 
 @dataclass(frozen=True)
-class Allow:
+class Policy:
+    """A named destination rule set (SPEC section 3.2); `allow` is the one named `default`.
+
+    The fields are what the config says; `domain_index` and `network_set` are built from them
+    when the policy is made, so each config load pays for them once and no request does.
+    Omitted fields are the built-in defaults, never another policy's values.
+    """
+
+    name: str = DEFAULT_POLICY
     ports: frozenset[int] = frozenset({443})
     domains: tuple[DomainPattern, ...] = ()
     networks: tuple[IPNetwork, ...] = ()
     mode: AllowMode = "enforce"
+    # Parsed and carried here; what it does is the TLS guard's (SPEC section 5.1). Until then
+    # the config loader refuses every value but "off".
+    tls: TLSMode = "off"
+    domain_index: DomainIndex = field(init=False, repr=False, compare=False)
+    network_set: NetworkSet = field(init=False, repr=False, compare=False)
 
-    @functools.cached_property
-    def network_set(self) -> NetworkSet:
-        return NetworkSet(self.networks)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "domain_index", DomainIndex(self.domains))
+        object.__setattr__(self, "network_set", NetworkSet(self.networks))
+
+
+# The model's name until policies were named: the loader and existing code build `allow` with it.
+Allow = Policy
 
 
 @dataclass(frozen=True)
@@ -67,12 +91,13 @@ class Client:
     name: str
     networks: tuple[IPNetwork, ...] = ()
     tls_names: tuple[str, ...] = ()
+    policies: tuple[str, ...] = DEFAULT_POLICIES  # names, tried in this order
 
     @functools.cached_property
     def network_set(self) -> NetworkSet:
         """`networks` as a NetworkSet: every connection's source is checked against it, and
         `address in network` runs in Python (see netset.py). Built once, on first use; `User`
-        and `Allow` keep theirs the same way."""
+        keeps its own the same way, and `Policy` builds its own when it is made."""
         return NetworkSet(self.networks)
 
 
@@ -83,6 +108,7 @@ class User:
     name: str
     password_hash: str = field(repr=False)
     networks: tuple[IPNetwork, ...] = ()
+    policies: tuple[str, ...] = DEFAULT_POLICIES  # names, tried in this order
 
     @functools.cached_property
     def network_set(self) -> NetworkSet:
@@ -113,6 +139,10 @@ class Upstream:
     proxies: tuple[UpstreamProxy, ...] = ()
     strategy: Strategy = "failover"
     direct_domains: tuple[DomainPattern, ...] = ()
+    direct_index: DomainIndex = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "direct_index", DomainIndex(self.direct_domains))
 
 
 def _nets(*cidrs: str) -> tuple[IPNetwork, ...]:
@@ -198,9 +228,21 @@ class Log:
 
 @dataclass(frozen=True)
 class Config:
-    # Every IPv4 and IPv6 address, as Squid listens (server.open_listener).
+    """One whole configuration.
+
+    `policies` maps every policy name to its `Policy`, `default` first: the model builds that
+    entry from `allow`, so a config that names no policy means what it always meant, and
+    `dataclasses.replace(config, allow=...)` changes the default policy as expected. Any
+    `default` given in `policies` is replaced by `allow` (the loader refuses one in YAML). Every
+    name a client or user is bound to must be defined: a config that says otherwise cannot be
+    made.
+    """
+
+    # Every IPv4 and IPv6 address, as Squid listens (server.listening.open_listener).
     listen: tuple[Listener, ...] = (Listener("::", 3128),)
-    allow: Allow = Allow()
+    allow: Policy = Policy()
+    # Not hashed: a mapping is not hashable, and the policies are a function of the other fields.
+    policies: Mapping[str, Policy] = field(default_factory=dict, hash=False)
     clients: tuple[Client, ...] = ()
     users: tuple[User, ...] = ()
     htpasswd_file: Path | None = None
@@ -214,3 +256,47 @@ class Config:
     source: str = "<embedded default>"
     # Non-fatal findings of the loader (e.g. inline upstream password); logged at start-up.
     warnings: tuple[str, ...] = ()
+    users_by_name: Mapping[str, User] = field(init=False, repr=False, compare=False)
+    # Whether any policy is in report mode: then every access line carries `would_deny`.
+    report_mode: bool = field(init=False, repr=False, compare=False)
+    # Admission's indexes of `clients`, by position: the first client holding a source network,
+    # the first listing a certificate name.
+    client_networks: NetworkIndex = field(init=False, repr=False, compare=False)
+    client_tls_names: Mapping[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        default = self.allow
+        if default.name != DEFAULT_POLICY:
+            default = replace(default, name=DEFAULT_POLICY)
+            object.__setattr__(self, "allow", default)
+        policies: dict[str, Policy] = {DEFAULT_POLICY: default}
+        for name, policy in self.policies.items():
+            if name == DEFAULT_POLICY:
+                continue
+            if policy.name != name:
+                raise ValueError(f"policy {policy.name!r} is filed under the name {name!r}")
+            policies[name] = policy
+        object.__setattr__(self, "policies", MappingProxyType(policies))
+        report_mode = any(policy.mode == "report" for policy in policies.values())
+        object.__setattr__(self, "report_mode", report_mode)
+        for kind, identities in (("client", self.clients), ("user", self.users)):
+            for identity in identities:
+                for name in identity.policies:
+                    if name not in policies:
+                        raise ValueError(
+                            f"{kind} {identity.name!r} is bound to policy {name!r}, "
+                            "which is not defined"
+                        )
+        # Admission by credentials looks the user up by name on every such connection; the
+        # first entry of a name wins, as the list read in order would.
+        by_name: dict[str, User] = {}
+        for user in self.users:
+            by_name.setdefault(user.name, user)
+        object.__setattr__(self, "users_by_name", MappingProxyType(by_name))
+        numbered = ((net, i) for i, client in enumerate(self.clients) for net in client.networks)
+        object.__setattr__(self, "client_networks", NetworkIndex(numbered))
+        tls_names: dict[str, int] = {}
+        for i, client in enumerate(self.clients):
+            for tls_name in client.tls_names:
+                tls_names.setdefault(tls_name, i)
+        object.__setattr__(self, "client_tls_names", MappingProxyType(tls_names))

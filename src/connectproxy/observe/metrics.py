@@ -133,8 +133,8 @@ class Metrics:
             self.config_reloads.labels(result)
         self.would_deny = Counter(
             "connectproxy_would_deny",
-            "Report mode: tunnels enforce mode would have refused.",
-            ["client"],
+            "Report mode: tunnels enforce mode would have refused, by the policy in report mode.",
+            ["client", "policy"],
             registry=registry,
         )
         self.handshake_failures = Counter(
@@ -186,9 +186,9 @@ class Metrics:
     def tunnel_lasted(self, seconds: float) -> None:
         self.tunnel_seconds.observe(seconds)
 
-    def would_deny_seen(self, client: str) -> None:
-        """Report mode let a tunnel through that enforce mode would refuse."""
-        self.would_deny.labels(client).inc()
+    def would_deny_seen(self, client: str, policy: str) -> None:
+        """`policy`, in report mode, let a tunnel through that enforce mode would refuse."""
+        self.would_deny.labels(client, policy).inc()
 
     def handshake_failed(self, reason: str) -> None:
         """A connection closed before its request: bad PROXY header ("proxy_protocol") or a

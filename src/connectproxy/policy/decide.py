@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from connectproxy.config.model import Config
+from connectproxy.config.model import DEFAULT_POLICIES, Config, Policy
 from connectproxy.matching.addresses import in_networks, is_denied, normalise
 from connectproxy.matching.netset import IPAddress
 from connectproxy.outcome import Outcome
@@ -46,7 +46,18 @@ class Credentials:
 
 
 class Decision:
-    __slots__ = ("allowed", "client", "outcome", "reason", "route", "status", "user", "would_deny")
+    __slots__ = (
+        "allowed",
+        "client",
+        "outcome",
+        "policies",
+        "policy",
+        "reason",
+        "route",
+        "status",
+        "user",
+        "would_deny",
+    )
 
     def __init__(
         self,
@@ -58,6 +69,8 @@ class Decision:
         user: str | None = None,
         would_deny: bool = False,
         route: Route = "direct",
+        policy: str | None = None,
+        policies: tuple[str, ...] = (),
     ) -> None:
         self.allowed: Final = allowed
         self.status: Final = status  # 200 when allowed, else the HTTP status to answer
@@ -67,9 +80,14 @@ class Decision:
         self.user: Final = user  # the Basic user name, when credentials were sent
         self.would_deny: Final = would_deny  # report mode let through what enforce would refuse
         self.route: Final = route
+        self.policy: Final = policy  # the deciding policy's name; None before step 5
+        self.policies: Final = policies  # the admitted identity's policies, in the order tried
 
     def __repr__(self) -> str:
-        return f"Decision({self.status} {self.outcome}: {self.reason}, client={self.client!r})"
+        return (
+            f"Decision({self.status} {self.outcome}: {self.reason}, client={self.client!r}, "
+            f"policy={self.policy!r})"
+        )
 
 
 def _deny(
@@ -90,80 +108,183 @@ def admit(source: Source, credentials: Credentials | None, config: Config) -> De
         user = credentials.user
         if not credentials.valid:
             return _deny(407, "auth_failed", "invalid proxy credentials", user=user)
-        found = next((u for u in config.users if u.name == user), None)
-        if (
-            found is not None
-            and found.networks
-            and not in_networks(normalise(source.addr), found.network_set)
-        ):
+        found = config.users_by_name.get(user)
+        if found is None:  # an htpasswd user: bound to the default policy
+            return Decision(
+                True,
+                200,
+                "established",
+                "admitted by credentials",
+                client=user,
+                user=user,
+                policies=DEFAULT_POLICIES,
+            )
+        if found.networks and not in_networks(normalise(source.addr), found.network_set):
             return _deny(407, "auth_failed", "user not allowed from this address", user=user)
-        return Decision(True, 200, "established", "admitted by credentials", client=user, user=user)
+        return Decision(
+            True,
+            200,
+            "established",
+            "admitted by credentials",
+            client=user,
+            user=user,
+            policies=found.policies,
+        )
 
+    # The first client in the list that admits the source, by network or by certificate name,
+    # found through the config's indexes rather than a walk over every client.
     addr = normalise(source.addr)
-    for client in config.clients:
-        if client.networks and in_networks(addr, client.network_set):
-            return Decision(
-                True, 200, "established", "admitted by source address", client=client.name
-            )
-        if client.tls_names and any(n in client.tls_names for n in source.tls_names):
-            return Decision(
-                True, 200, "established", "admitted by client certificate", client=client.name
-            )
+    first = config.client_networks.first(addr)
+    by_network = first >= 0
+    for tls_name in source.tls_names:
+        number = config.client_tls_names.get(tls_name, -1)
+        if number >= 0 and (first < 0 or number < first):
+            first, by_network = number, False
+    if first >= 0:
+        client = config.clients[first]
+        return Decision(
+            True,
+            200,
+            "established",
+            "admitted by source address" if by_network else "admitted by client certificate",
+            client=client.name,
+            policies=client.policies,
+        )
     return _deny(407, "auth_required", "proxy authentication required")
 
 
-def destination_allowed(target: Target, config: Config) -> tuple[bool, str]:
-    """The destination step without the report-mode twist: is the target on the allowlist?"""
-    allow = config.allow
+def policy_allows(target: Target, policy: Policy) -> str | None:
+    """Whether the target's host or address is one of the policy's destinations (its port is
+    the caller's business): the reason if so, else None. A host is looked up in the policy's
+    domain index, suffix by suffix, never compared with each pattern in turn."""
     if target.ip is not None:
-        if in_networks(normalise(target.ip), allow.network_set):
-            return True, "address in allow.networks"
-        return False, "IP address not in allow.networks"
-    for pattern in allow.domains:
-        if pattern.matches(target.host):
-            return True, f"host matches {pattern.text}"
-    return False, "host not in allow.domains"
+        if in_networks(normalise(target.ip), policy.network_set):
+            return "address in the allowed networks"
+        return None
+    pattern = policy.domain_index.match(target.host)
+    return None if pattern is None else f"host matches {pattern.text}"
+
+
+def destination_allowed(
+    target: Target, config: Config, policies: tuple[str, ...] = DEFAULT_POLICIES
+) -> tuple[bool, str]:
+    """The destination step without ports and report mode: is the target's host or address
+    among the destinations of one of `policies` (names, in the order tried)?"""
+    for name in policies:
+        why = policy_allows(target, config.policies[name])
+        if why is not None:
+            return True, why
+    return False, _not_among(target, policies)
+
+
+def _named(policies: tuple[str, ...]) -> str:
+    """ "policy a" or "policies a, b": only the names, never what they allow."""
+    if len(policies) == 1:
+        return f"policy {policies[0]}"
+    return "policies " + ", ".join(policies)
+
+
+def _not_among(target: Target, tried: tuple[str, ...]) -> str:
+    what = "IP address in no networks" if target.ip is not None else "host in no domains"
+    return f"{what} of {_named(tried)}"
 
 
 def route_for(target: Target, config: Config) -> Route:
     upstream = config.upstream
     if upstream is None or not upstream.proxies:
         return "direct"
-    if target.ip is None and any(p.matches(target.host) for p in upstream.direct_domains):
+    if target.ip is None and target.host in upstream.direct_index:
         return "direct"
     return "upstream"
 
 
 def destination(
-    target: Target, config: Config, client: str | None = None, user: str | None = None
+    target: Target,
+    config: Config,
+    client: str | None = None,
+    user: str | None = None,
+    policies: tuple[str, ...] = DEFAULT_POLICIES,
 ) -> Decision:
-    """The destination step for an admitted identity: port, then host or address. `doctor` asks
-    this too, so it reports the proxy's own verdict."""
-    if target.port not in config.allow.ports:
-        return _deny(403, "forbidden", f"port {target.port} not allowed", client, user)
-    ok, why = destination_allowed(target, config)
-    if ok or config.allow.mode == "report":
+    """Step 5 for an admitted identity bound to `policies` (SPEC section 3.2), in this order:
+
+    1. the first policy whose ports hold the target's port and whose domains or networks match
+       the target allows it, and is the decision's policy;
+    2. otherwise the first of them in report mode whose ports hold the port lets it through
+       with `would_deny` (and is the decision's policy);
+    3. otherwise 403, the reason naming the policies tried, never what they allow.
+
+    `doctor` asks this too, with no identity: it is checked against the default policy alone,
+    which is what `policies` is unless given, so doctor reports the proxy's own verdict for a
+    client bound to `[default]`."""
+    port = target.port
+    report: Policy | None = None
+    held = False
+    for name in policies:
+        policy = config.policies[name]
+        if port not in policy.ports:
+            continue
+        held = True
+        why = policy_allows(target, policy)
+        if why is not None:
+            return Decision(
+                True,
+                200,
+                "established",
+                why,
+                client=client,
+                user=user,
+                route=route_for(target, config),
+                policy=name,
+                policies=policies,
+            )
+        if report is None and policy.mode == "report":
+            report = policy
+    if not held:
+        return Decision(
+            False,
+            403,
+            "forbidden",
+            f"port {port} not allowed by {_named(policies)}",
+            client=client,
+            user=user,
+            policies=policies,
+        )
+    # The policies whose destinations were checked: those that hold the port.
+    tried = tuple(name for name in policies if port in config.policies[name].ports)
+    not_among = _not_among(target, tried)
+    if report is not None:
         return Decision(
             True,
             200,
             "established",
-            why if ok else f"{why} (report mode)",
+            f"{not_among} (report mode)",
             client=client,
             user=user,
-            would_deny=not ok,
+            would_deny=True,
             route=route_for(target, config),
+            policy=report.name,
+            policies=policies,
         )
-    return _deny(403, "forbidden", f"destination not allowed: {why}", client, user)
+    return Decision(
+        False,
+        403,
+        "forbidden",
+        f"destination not allowed: {not_among}",
+        client=client,
+        user=user,
+        policies=policies,
+    )
 
 
 def decide(
     target: Target, source: Source, credentials: Credentials | None, config: Config
 ) -> Decision:
-    """Admission, then the destination; the first failing step answers."""
+    """Admission, then the destination against the admitted identity's policies; the first
+    failing step answers."""
     admitted = admit(source, credentials, config)
     if not admitted.allowed:
         return admitted
-    return destination(target, config, admitted.client, admitted.user)
+    return destination(target, config, admitted.client, admitted.user, admitted.policies)
 
 
 def usable_addresses(addrs: list[IPAddress], config: Config) -> list[IPAddress]:

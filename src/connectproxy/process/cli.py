@@ -124,7 +124,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"deny: {decision.status} {decision.reason} (client {who})")
         return 1
     verdict = "allow (report mode: enforce would deny)" if decision.would_deny else "allow"
-    print(f"{verdict}: {decision.reason} (client {who})")
+    print(f"{verdict}: {decision.reason} by policy {decision.policy} (client {who})")
     if decision.route == "upstream":
         assert config.upstream is not None
         names = ", ".join(p.name for p in config.upstream.proxies)

@@ -150,7 +150,9 @@ class _Probe:
 
     def _check_policy(self) -> None:
         """The destination step as the proxy decides it; admission is about the client, and
-        doctor is not one."""
+        doctor is not one. With no identity there are no bound policies, so the target is
+        checked against the default policy (`allow`) alone, as for a client bound to
+        `[default]`; a target only another policy allows is reported as refused."""
         decision = destination(self.target, self.config)
         if not decision.allowed:
             raise _StepFailed("policy", decision.reason)

@@ -149,16 +149,20 @@ class Flow:
             credentials = await _credentials(request, loaded.auth)
             source = Source(source_addr, source_port, tls_names)
             decision = decide(target, source, credentials, config)
-            rec.client, rec.user = decision.client, decision.user
+            rec.client, rec.user, rec.policy = decision.client, decision.user, decision.policy
             if not decision.allowed:
                 headers = PROXY_AUTHENTICATE if decision.status == 407 else ()
                 self._answer(sock, decision.status, decision.reason, rec, decision.outcome, headers)
                 return
             if decision.would_deny:
                 rec.would_deny = True
-                self.metrics.would_deny_seen(decision.client or "-")
-            elif config.allow.mode == "report":
-                rec.would_deny = False
+                self.metrics.would_deny_seen(decision.client or "-", decision.policy or "-")
+            elif (
+                config.report_mode
+                and decision.policy is not None
+                and config.policies[decision.policy].mode == "report"
+            ):
+                rec.would_deny = False  # a report-mode policy that allowed it outright
 
             connect_began = time.perf_counter()
             dialed = await connector.open(target, decision.route, task)

@@ -480,7 +480,7 @@ EXPLAINED = [
         "10.100.100.1",
         "iot.azure-devices.net:443",
         0,
-        "allow: host matches .azure-devices.net (client any)",
+        "allow: host matches .azure-devices.net by policy default (client any)",
     ),
     (AZURE, "10.100.100.1", "example.com:443", 1, "deny: 403"),
     (AZURE, "10.100.100.1", "iot.azure-devices.net:80", 1, "deny: 403"),

@@ -289,11 +289,14 @@ def test_report_mode_counts_would_deny(make_proxy: ProxyFactory, origin: OriginS
         finish(sock)
     assert ask(proxy.port, "elsewhere.example.org:22") == 403  # ports are still enforced
     samples = wait_for_metric(proxy, "connectproxy_connections_active", 0)
-    assert value(samples, "connectproxy_would_deny_total", client="local") == 2
+    would_deny = value(samples, "connectproxy_would_deny_total", client="local", policy="default")
+    assert would_deny == 2
     assert value(samples, "connectproxy_requests_total", outcome="established") == 3
     assert value(samples, "connectproxy_requests_total", outcome="forbidden") == 1
     records = proxy.access_records(expect=4)
     assert [r["would_deny"] for r in records] == [True, True, False, False]
+    # The port refusal is decided by no policy.
+    assert [r["policy"] for r in records] == ["default", "default", "default", None]
 
 
 def test_ops_endpoints_series_types_and_process_metrics(make_proxy: ProxyFactory) -> None:

@@ -200,7 +200,7 @@ def test_explain_allow(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = explain(capsys, "--source", "10.1.1.1", "hub.azure-devices.net:443")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0] == "allow: host matches .azure-devices.net (client localnet)"
+    assert lines[0] == "allow: host matches .azure-devices.net by policy default (client localnet)"
     assert lines[1].startswith("route: direct")
     assert "DNS" in lines[1]
 
@@ -214,7 +214,11 @@ def test_explain_mapped_source(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("source", "authority", "expect"),
     [
-        ("10.1.1.1", "hub.azure-devices.net:80", "deny: 403 port 80 not allowed (client localnet)"),
+        (
+            "10.1.1.1",
+            "hub.azure-devices.net:80",
+            "deny: 403 port 80 not allowed by policy default (client localnet)",
+        ),
         ("10.1.1.1", "evil.com:443", "deny: 403 destination not allowed"),
         ("10.1.1.1", "sensor.azure-devices.net.evil.com:443", "deny: 403 destination not allowed"),
         ("10.1.1.1", "1.2.3.4:443", "deny: 403 destination not allowed"),

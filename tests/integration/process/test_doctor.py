@@ -256,8 +256,8 @@ def test_unresolvable_name_fails_at_dns(capsys: pytest.CaptureFixture[str], tmp_
     [
         ("evil.example.com", "not allowed"),
         (f"{SENSOR}:22", "port 22"),
-        ("127.0.0.1", "allow.networks"),
-        ("::1", "allow.networks"),
+        ("127.0.0.1", "no networks of policy default"),
+        ("::1", "no networks of policy default"),
     ],
 )
 def test_denied_target_fails_at_policy(

@@ -11,9 +11,11 @@ import argparse
 from pathlib import Path
 
 import pytest
+from cpbench import largeconfig
 from cpbench.cli import parse_size
 from cpbench.procfs import Snapshot, other_ticks
 from cpbench.report import comparison, fmt, markdown, ratios, summarize
+from cpbench.settings import BENCH_DIR as BENCH
 from cpbench.tracers import callgrind_total, strace_calls
 
 
@@ -119,3 +121,47 @@ def test_the_ratio_compares_with_squid_or_else_the_most_workers_with_the_fewest(
     workers = ["connectproxy-w4", "connectproxy-w1", "connectproxy-w2"]
     assert comparison(workers) == ("connectproxy-w4", "connectproxy-w1")
     assert comparison(["connectproxy"]) is None
+    assert comparison(["connectproxy", "connectproxy-large"]) == (
+        "connectproxy-large",
+        "connectproxy",
+    )
+    assert comparison(["connectproxy-large", "squid"]) == ("connectproxy-large", "squid")
+
+
+# --- the large policy config ----------------------------------------------------------------------
+
+
+def test_large_config_has_the_size_it_claims_and_the_benchmark_client_last() -> None:
+    large = largeconfig.generate((443, 18443))
+    assert large.pattern_count == 10_000
+    assert len(large.policies) == 100 and len({p.name for p in large.policies}) == 100
+    assert all(len(p.domains) == 100 and p.ports == (443, 18443) for p in large.policies)
+    assert len(large.clients) == 1000 and len(large.users) == 1000
+    names = {p.name for p in large.policies}
+    assert all(set(c.policies) <= names for c in (*large.clients, *large.users))
+    bench = large.clients[-1]
+    assert (bench.name, bench.networks) == ("bench", ("127.0.0.0/8",))
+    allowing = [p.name for p in large.policies if largeconfig.TARGET_PATTERN in p.domains]
+    assert allowing == [bench.policies[-1]]
+    # No other client's network holds the benchmark's source.
+    assert all(n.startswith("10.") for c in large.clients[:-1] for n in c.networks)
+    assert largeconfig.generate((443, 18443)) == large  # the same config every run
+
+
+def test_large_config_takes_the_place_of_the_small_configs_clients() -> None:
+    small = (BENCH / "templates" / "connectproxy.yaml").read_text()
+    grown = largeconfig.yaml(largeconfig.generate((443, 1)), largeconfig.password_hash())
+    text = largeconfig.splice(small, grown)
+    assert text.count("clients:") == 1 and "  p099:\n" in text
+    assert text.startswith(small[: small.index("clients:")])
+    assert text.endswith(small[small.index("clients:") + len(largeconfig.SMALL_CLIENTS) :])
+    with pytest.raises(ValueError, match="no longer has the clients key"):
+        largeconfig.splice("listen: []\n", grown)
+
+
+def test_large_config_password_hash_is_one_connectproxy_accepts() -> None:
+    from connectproxy.credentials.passwords import check_hash_format, verify_password
+
+    digest = largeconfig.password_hash()
+    check_hash_format(digest)
+    assert verify_password("bench", digest)

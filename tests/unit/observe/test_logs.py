@@ -40,6 +40,7 @@ def expected(rec: AccessRecord, report_mode: bool, ts: str) -> str:
         "duration_s": rec.duration_s,
         "connect_s": rec.connect_s,
         "error": rec.error,
+        "policy": rec.policy,
     }
     if report_mode:
         fields["would_deny"] = bool(rec.would_deny)
@@ -64,6 +65,7 @@ FULL = AccessRecord(
     duration_s=0.000123,
     connect_s=1e-06,
     error="connection reset",
+    policy="iot-hub",
     would_deny=True,
     listener="0.0.0.0:3128",
 )
@@ -80,7 +82,16 @@ def test_line_is_the_json_encoding_of_the_fields(rec: AccessRecord, report_mode:
 
 def test_any_string_in_any_text_field_is_escaped_as_json_would() -> None:
     rng = random.Random(7)
-    text_fields = ("client_addr", "client", "user", "target", "outcome", "upstream", "error")
+    text_fields = (
+        "client_addr",
+        "client",
+        "user",
+        "target",
+        "outcome",
+        "upstream",
+        "error",
+        "policy",
+    )
     for _ in range(500):
         changes = {name: rng.choice(AWKWARD) for name in text_fields}
         changes["server_addr"] = rng.choice([None, *AWKWARD])
