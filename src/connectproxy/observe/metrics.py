@@ -137,6 +137,15 @@ class Metrics:
             ["client", "policy"],
             registry=registry,
         )
+        # Set from the same predicate /readyz answers, each time /metrics is rendered, so an
+        # alert rule sees what a load balancer sees. With --workers only the supervisor sets it;
+        # its workers' copies stay 0, and "livemax" reports the supervisor's value.
+        self.ready = Gauge(
+            "connectproxy_ready",
+            "1 while /readyz answers 200 (serving), 0 while draining or not all workers ready.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
         self.handshake_failures = Counter(
             "connectproxy_handshake_failures",
             "Connections closed before a request: bad PROXY header or failed TLS handshake.",
@@ -199,6 +208,10 @@ class Metrics:
         """An attempt to use this upstream proxy failed; it cools down (docs/configuration.md,
         "upstream")."""
         self.upstream_failures.labels(upstream).inc()
+
+    def readiness(self, ready: bool) -> None:
+        """What /readyz answers now; called just before /metrics is rendered."""
+        self.ready.set(1 if ready else 0)
 
     def reloaded(self, result: str) -> None:
         """A SIGHUP reload ended: "success" or "failure"."""

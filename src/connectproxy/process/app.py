@@ -117,7 +117,9 @@ class App:
             os.close(self.role.ready_fd)
 
     def _render_metrics(self) -> bytes:
-        """What a scrape sees includes every connection that has ended, even in this iteration."""
+        """What a scrape sees includes every connection that has ended, even in this iteration,
+        and the readiness /readyz would answer now."""
+        self.metrics.readiness(self.ready)
         self.metrics.flush()
         return generate_latest(self.registry)
 

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from connectproxy.config.model import Config
@@ -79,6 +79,11 @@ class Supervisor:
             and not self.stopping.is_set()
             and len(self.children) == self.workers
         )
+
+    def _render_metrics(self) -> bytes:
+        """The workers' series summed, and the supervisor's readiness (what /readyz answers)."""
+        self.metrics.readiness(self.ready())
+        return generate_latest(self.registry)
 
     async def _spawn(self) -> None:
         env = dict(os.environ)
@@ -148,7 +153,13 @@ class Supervisor:
         ops = None
         metrics = self.config.metrics
         if metrics.host is not None and metrics.port is not None:
-            ops = OpsServer(metrics.host, metrics.port, self.registry, ready=self.ready)
+            ops = OpsServer(
+                metrics.host,
+                metrics.port,
+                self.registry,
+                ready=self.ready,
+                render=self._render_metrics,
+            )
             await ops.start()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)

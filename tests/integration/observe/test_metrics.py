@@ -317,6 +317,7 @@ def test_ops_endpoints_series_types_and_process_metrics(make_proxy: ProxyFactory
         "connectproxy_upstream_failures": "counter",
         "connectproxy_config_reloads": "counter",
         "connectproxy_would_deny": "counter",
+        "connectproxy_ready": "gauge",
         "process_cpu_seconds": "counter",
         "process_resident_memory_bytes": "gauge",
         "process_open_fds": "gauge",
@@ -324,6 +325,7 @@ def test_ops_endpoints_series_types_and_process_metrics(make_proxy: ProxyFactory
         assert types.get(name) == kind, name
     samples = scrape(proxy)
     assert value(samples, "process_cpu_seconds_total") > 0
+    assert value(samples, "connectproxy_ready") == 1  # what /readyz answered above
     # Every outcome is exported from the start, so a rate() over it never starts from nothing.
     for outcome in OUTCOMES:
         assert ("connectproxy_requests_total", frozenset({("outcome", outcome)})) in samples

@@ -149,6 +149,7 @@ def test_sigterm_drains_open_tunnels_until_the_grace_deadline(
     proxy.signal(signal.SIGTERM)
     began = time.monotonic()
     wait_until(lambda: http_get(proxy.metrics_port, "/readyz")[0] == 503, 1.0, "readyz 503")
+    assert value(scrape(proxy), "connectproxy_ready") == 0  # what the not-ready alert reads
     assert refused_or_503(proxy.port)
     for _ in range(3):  # the tunnel keeps working through the grace period
         echo_exchange(tunnel, b"draining")
@@ -384,6 +385,7 @@ def test_workers_share_the_load_sum_metrics_and_all_reload(
     assert [request(proxy.port, f"{SENSOR}:{origin.port}")[0] for _ in range(5)] == [200] * 5
     samples = scrape(proxy)
     assert value(samples, RELOADS, result="success") == 1  # counted once, by the supervisor
+    assert value(samples, "connectproxy_ready") == 1  # the supervisor's, not its workers' 0s
     assert value(samples, "connectproxy_requests_total", outcome="forbidden") == 20
 
 
