@@ -100,9 +100,10 @@ class ClientHelloError(Exception):
 class NeedMore:
     """The bytes so far are a valid start of a ClientHello; read on.
 
-    `needed` is a lower bound on the total length the buffer must reach before the answer can
-    change (the records still to come may add headers), so the guard can refuse a hello that
-    announces more than it is willing to buffer (`incomplete ClientHello`) without waiting.
+    `needed` is a lower bound on the total length the buffer must reach before it can hold the
+    whole hello (the records still to come may add headers), so the guard can refuse a hello that
+    announces more than it is willing to buffer (`incomplete ClientHello`) without waiting. A
+    byte that makes the hello invalid is refused as soon as it arrives, whatever `needed` says.
     """
 
     needed: int
@@ -367,12 +368,12 @@ def _server_name(data: _Reader) -> str:
 
 def _alpn(data: _Reader) -> tuple[bytes, ...]:
     """RFC 7301 3.1: a non-empty list of non-empty protocol names, kept as bytes."""
-    data.what = "application_layer_protocol_negotiation"
-    names = data.vector(2, "application_layer_protocol_negotiation", minimum=2)
+    data.what = "ALPN"
+    names = data.vector(2, "ALPN", minimum=2)
     data.finish()
     protocols: list[bytes] = []
     while not names.at_end():
-        name = names.vector(1, "application_layer_protocol_negotiation", minimum=1)
+        name = names.vector(1, "ALPN", minimum=1)
         protocols.append(name.data[name.pos : name.end])
     return tuple(protocols)
 
