@@ -76,6 +76,7 @@ _JA4_VERSIONS: Final = {
     0xFEFD: "d2",
     0xFEFC: "d3",
 }
+_PRINTABLE: Final = bytes(range(0x21, 0x7F))
 _ALNUM: Final = frozenset(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
@@ -117,10 +118,12 @@ class ClientHello:
     `ja4` drops them as the fingerprint requires. `server_name` is the host_name of the
     server_name extension, exactly as sent (the guard normalises it before comparing), or None
     without one. With Encrypted Client Hello it is the outer, public name: the real one is
-    encrypted (`ech` is then True). `version` is the highest version offered, from
-    supported_versions when present (GREASE ignored), else the hello's legacy version; 0 when
-    supported_versions holds nothing but GREASE. `length` is how many bytes of the buffer the
-    records holding the hello take; the guard forwards the whole buffer regardless.
+    encrypted. `ech` says an encrypted_client_hello extension is there; Chrome also sends one
+    filled with random bytes (GREASE) when it has no ECH key, and the two look the same.
+    `version` is the highest version offered, from supported_versions when present (GREASE
+    ignored), else the hello's legacy version; 0 when supported_versions holds nothing but
+    GREASE. `length` is how many bytes of the buffer the records holding the hello take; the
+    guard forwards the whole buffer regardless.
     """
 
     legacy_version: int
@@ -358,8 +361,10 @@ def _server_name(data: _Reader) -> str:
         if host is not None:
             raise ClientHelloError("more than one server_name host name")
         raw = name.data[name.pos : name.end]
-        if not raw.isascii():
-            raise ClientHelloError("server_name is not ASCII")
+        # A DNS name in ASCII (RFC 6066 3). Control bytes and spaces are refused too: no client
+        # sends them, OpenSSL aborts on a NUL, and the name ends up in the access log.
+        if raw.translate(None, _PRINTABLE):
+            raise ClientHelloError("server_name is not printable ASCII")
         host = raw.decode("ascii")
     if host is None:
         raise ClientHelloError("server_name without a host name")
