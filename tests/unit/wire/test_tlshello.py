@@ -302,6 +302,22 @@ def test_the_non_ascii_alpn_capture_differs_from_the_others_only_in_alpn() -> No
     assert ja4(odd).replace("bd", "h2", 1) == ja4(usual)
 
 
+def test_a_chromium_hello_with_a_post_quantum_key_share() -> None:
+    """Chromium 156 (Debian 12), captured on loopback the way the live tests capture (the seed
+    chromium-156): GREASE in suites, extensions and versions, an ECH GREASE extension, and an
+    X25519MLKEM768 key share that makes the hello almost 2 KB."""
+    data = (SEEDS / "chromium-156").read_bytes()
+    h = parse(data)
+    assert len(data) == h.length > 1900
+    assert h.server_name == "sensor.example.net" and h.alpn == (b"h2", b"http/1.1")
+    assert is_grease(h.cipher_suites[0]) and is_grease(h.extensions[0])
+    assert is_grease(h.supported_versions[0]) and h.version_text == "1.3"
+    assert h.ech and 0xFE0D in h.extensions
+    assert ja4(h) == "t13d1517h2_8daaf6152771_cb7bf5808d99" == reference_of(h)
+    key_share = data.index(b"\x00\x33", 5 + 4 + 2 + 32)  # the extension's type, then the group
+    assert b"\x11\xec\x04\xc0" in data[key_share : key_share + 16]  # 1216 bytes
+
+
 # --- real clients, captured live ------------------------------------------------------------------
 
 
@@ -407,7 +423,7 @@ def test_curl(live: dict[str, tuple[bytes, ssl.SSLContext | None]]) -> None:
 
 def all_hellos(live: dict[str, tuple[bytes, ssl.SSLContext | None]]) -> list[bytes]:
     return [data for data, _ in live.values()] + [
-        (SEEDS / name).read_bytes() for name in sorted(FOXIO)
+        (SEEDS / name).read_bytes() for name in [*sorted(FOXIO), "chromium-156"]
     ]
 
 
