@@ -405,11 +405,13 @@ def ja4(hello: ClientHello) -> str:
         min(len(extensions), 99),
         _ja4_alpn(hello.alpn),
     )
-    cipher_hash = _ja4_hash(",".join(f"{c:04x}" for c in sorted(ciphers)))
-    hashed = sorted(e for e in extensions if e not in (EXT_SERVER_NAME, EXT_ALPN))
-    text = ",".join(f"{e:04x}" for e in hashed)
+    ciphers.sort()
+    cipher_hash = _ja4_hash(_hex_list(ciphers))
+    hashed = [e for e in extensions if e != EXT_SERVER_NAME and e != EXT_ALPN]
+    hashed.sort()
+    text = _hex_list(hashed)
     if text and signatures:
-        text += "_" + ",".join(f"{s:04x}" for s in signatures)
+        text += "_" + _hex_list(signatures)
     return f"{head}_{cipher_hash}_{_ja4_hash(text)}"
 
 
@@ -426,6 +428,11 @@ def _ja4_alpn(alpn: tuple[bytes, ...]) -> str:
         return chr(first[0]) + chr(first[-1])
     spelled = first.hex()
     return spelled[0] + spelled[-1]
+
+
+def _hex_list(values: list[int]) -> str:
+    """`0403,0804`: four lower-case hex digits each, comma-separated."""
+    return ",".join([f"{value:04x}" for value in values])
 
 
 def _ja4_hash(text: str) -> str:
