@@ -10,6 +10,7 @@ broken lengths, the SSLv2-compatible hello.
 from __future__ import annotations
 
 import hashlib
+import pickle
 import ssl
 from collections.abc import Sequence
 
@@ -527,6 +528,12 @@ def test_sslv2_compatible_hello_is_refused() -> None:
 )
 def test_not_tls(data: bytes, reason: str) -> None:
     assert refusal(data) == reason
+
+
+def test_the_error_pickles_and_prints_its_reason() -> None:
+    error = ClientHelloError("empty handshake record")
+    again = pickle.loads(pickle.dumps(error))
+    assert (again.reason, again.cause, str(again)) == (error.reason, "not TLS", error.reason)
 
 
 def test_a_record_of_another_type_between_fragments() -> None:
