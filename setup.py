@@ -39,6 +39,7 @@ COMPILED = [
     "src/connectproxy/tunnel/splice.py",
     "src/connectproxy/wire/http.py",
     "src/connectproxy/wire/responses.py",
+    "src/connectproxy/wire/tlshello.py",
 ]
 
 

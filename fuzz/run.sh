@@ -14,7 +14,7 @@ seconds="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(http proxyproto basic hostname config)
+    targets=(http proxyproto tlshello basic hostname config)
 fi
 python="${PYTHON:-.venv-pure/bin/python}"
 if ! "$python" -c "import atheris" 2>/dev/null; then
