@@ -26,6 +26,7 @@ from connectproxy.server.limits import TOO_MANY, SourceCounts
 from connectproxy.server.listening import (
     NODELAY_INHERITED,
     Listening,
+    accept_socket,
     connection_capacity,
     listener_tls_context,
     open_listener,
@@ -167,7 +168,7 @@ class Server:
         """Accept up to `limit` connections; True if it took that many (more may be waiting)."""
         for _ in range(limit):
             try:
-                sock, peer = entry.sock.accept()
+                sock, peer = accept_socket(entry)
             except (BlockingIOError, InterruptedError):
                 return False
             except OSError as exc:

@@ -14,14 +14,14 @@ import socket
 import socketserver
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectproxy.credentials.passwords import hash_password
-from connectproxy.observe.metrics import Metrics
+from connectproxy.observe.metrics import CONNECT_BUCKETS, HistogramTally, Metrics
 from connectproxy.outcome import OUTCOMES
 from tests.conftest import ProxyFactory
 from tests.support import (
@@ -387,3 +387,65 @@ def _histogram(registry: CollectorRegistry) -> dict[str, float]:
         for sample in family.samples
         if not sample.name.endswith("_created")
     }
+
+
+def test_a_tally_gives_exactly_what_observing_each_value_gives() -> None:
+    """HistogramTally writes into prometheus-client's own bucket values; this is the check that
+    those internals still mean what they did: same buckets, counts, sum, and +Inf, including
+    values exactly on a bound, across several applies."""
+    values = [0.0, 0.0004, 0.0005, 0.0007, 0.001, 0.3, 2.5, 29.9, 30.0, 31.0, 1e9]
+    reference = CollectorRegistry()
+    observed = Histogram("t_seconds", "t", buckets=CONNECT_BUCKETS, registry=reference)
+    tallied_registry = CollectorRegistry()
+    tallied = Histogram("t_seconds", "t", buckets=CONNECT_BUCKETS, registry=tallied_registry)
+    tally = HistogramTally(tallied, CONNECT_BUCKETS)
+    for round_ in range(3):
+        for v in values[round_:]:
+            observed.observe(v)
+            tally.observe(v)
+        tally.apply()
+        tally.apply()  # nothing pending: adds nothing
+        assert _histogram(tallied_registry) == pytest.approx(_histogram(reference))
+    count = tallied_registry.get_sample_value("t_seconds_count")
+    assert count == len(values) * 3 - 3
+    assert tallied_registry.get_sample_value("t_seconds_bucket", {"le": "+Inf"}) == count
+
+
+def test_a_histogram_without_the_expected_internals_is_observed_value_by_value() -> None:
+    """Another prometheus-client may keep a histogram's values differently: then the tally
+    must not write anywhere, only pass each value to `observe` at once."""
+
+    class OtherHistogram:
+        def __init__(self) -> None:
+            self.seen: list[float] = []
+
+        def observe(self, value: float) -> None:
+            self.seen.append(value)
+
+    other = OtherHistogram()
+    tally = HistogramTally(cast(Histogram, other), CONNECT_BUCKETS)
+    assert tally.direct
+    tally.observe(0.002)
+    tally.observe(40.0)
+    tally.apply()
+    assert other.seen == [0.002, 40.0]
+    real = Histogram("r_seconds", "r", buckets=CONNECT_BUCKETS, registry=CollectorRegistry())
+    assert not HistogramTally(real, CONNECT_BUCKETS).direct
+
+
+async def test_histograms_are_applied_once_per_loop_iteration() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.connected(0.0003)
+    metrics.connected(0.002)
+    metrics.tunnel_lasted(5.0)
+    assert _sample(registry, "connectproxy_connect_seconds_count") == 0
+
+    await asyncio.sleep(0)
+
+    assert _sample(registry, "connectproxy_connect_seconds_count") == 2
+    assert _sample(registry, "connectproxy_connect_seconds_bucket", le="0.0005") == 1
+    assert _sample(registry, "connectproxy_connect_seconds_bucket", le="0.0025") == 2
+    assert _sample(registry, "connectproxy_connect_seconds_sum") == pytest.approx(0.0023)
+    assert _sample(registry, "connectproxy_tunnel_seconds_bucket", le="1.0") == 0
+    assert _sample(registry, "connectproxy_tunnel_seconds_bucket", le="10.0") == 1
