@@ -80,6 +80,8 @@ def validate(check: Checker, data: Any, where: Where) -> Config:
         log=top.get_or("log", runtime.log, _DEFAULTS.log),
         source=check.source,
     )
+    if top.get("allow") is not None:
+        policy_places = {DEFAULT_POLICY: top.where_of("allow"), **policy_places}
     _warn_about_policy(check, config, policy_places)
     return dataclasses.replace(config, warnings=tuple(check.warnings))
 
@@ -145,7 +147,14 @@ def _warn_about_policy(check: Checker, config: Config, policy_places: dict[str, 
     if (DEFAULT_POLICY in bound or nobody) and _admits_nothing(config.allow):
         check.warn(where, "allow admits no destination: every request will get 403")
     for name, place in policy_places.items():
-        if name not in bound:
+        if name == DEFAULT_POLICY:  # written as `allow`: unused only if others are bound
+            if not nobody and name not in bound:
+                check.warn(
+                    place,
+                    "no client or user is bound to the default policy (every one names its "
+                    "policies), so allow is never consulted",
+                )
+        elif name not in bound:
             check.warn(
                 place,
                 "no client or user is bound to this policy, so it allows nothing; name it in a "
