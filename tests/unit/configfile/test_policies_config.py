@@ -141,7 +141,8 @@ def test_configs_without_policies_mean_what_they_meant() -> None:
         assert all(c.policies == (DEFAULT_POLICY,) for c in config.clients)
     for path in sorted((REPO_ROOT / "config" / "examples").glob("*.yaml")):
         config = parse_config(path.read_text(), str(path), path.parent)
-        assert all(i.policies == (DEFAULT_POLICY,) for i in (*config.clients, *config.users))
+        assert all(c.policies == (DEFAULT_POLICY,) for c in config.clients)
+        assert all(u.policies == (DEFAULT_POLICY,) for u in config.users)
 
 
 # --- errors -----------------------------------------------------------------------------------
