@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from connectproxy.config.model import DEFAULT_POLICY, Config, Listener, Policy, Upstream
-from connectproxy.configfile.squid.sets import covers
+from connectproxy.matching.domains import covers
 
 __all__ = ["summarize"]
 
