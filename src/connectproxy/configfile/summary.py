@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from connectproxy.config.model import DEFAULT_POLICY, Config, Listener, Policy, Upstream
-from connectproxy.matching.domains import covers
+from connectproxy.matching.domains import DomainPattern
 
 __all__ = ["summarize"]
 
@@ -95,6 +95,29 @@ def _bound_line(prefix: str, name: str, config: Config) -> str:
     return f"{prefix} bound to: clients {_join(clients)}; users {_join(users)}"
 
 
+def _kinds_by_domain(policy: Policy) -> dict[str, set[str]]:
+    kinds: dict[str, set[str]] = {}
+    for pattern in policy.domains:
+        kinds.setdefault(pattern.domain, set()).add(pattern.kind)
+    return kinds
+
+
+def _pattern_covered(kinds: dict[str, set[str]], pattern: DomainPattern) -> bool:
+    """Whether one of the patterns filed in `kinds` covers `pattern`: one at its own domain
+    of a kind at least as wide, or a suffix or subdomains pattern at a parent domain. A walk
+    over the pattern's few parent domains, so a summary of 10,000 patterns stays quick."""
+    here = kinds.get(pattern.domain, set())
+    if "suffix" in here or (pattern.kind in here):
+        return True
+    domain = pattern.domain
+    dot = domain.find(".")
+    while dot >= 0:
+        if kinds.get(domain[dot + 1 :], set()) & {"suffix", "subdomains"}:
+            return True
+        dot = domain.find(".", dot + 1)
+    return False
+
+
 def _covers(outer: Policy, inner: Policy) -> bool:
     """Whether `outer` allows every destination `inner` allows, on the same terms, so `inner`
     adds nothing beside it. The modes must agree: an enforce policy is not covered by a report
@@ -104,8 +127,8 @@ def _covers(outer: Policy, inner: Policy) -> bool:
         return False
     if inner.mode == "report":
         return True
-    domains = all(any(covers(o, i) for o in outer.domains) for i in inner.domains)
-    return domains and all(
+    kinds = _kinds_by_domain(outer)
+    return all(_pattern_covered(kinds, i) for i in inner.domains) and all(
         any(i.version == o.version and i.subnet_of(o) for o in outer.networks)  # type: ignore[arg-type]
         for i in inner.networks
     )

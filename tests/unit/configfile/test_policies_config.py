@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from connectproxy.config.model import DEFAULT_POLICY, Config, Policy
+from connectproxy.configfile import summary
 from connectproxy.configfile.errors import ConfigError
 from connectproxy.configfile.load import load_default, parse_config
 from connectproxy.configfile.summary import summarize
 from connectproxy.credentials.passwords import hash_password
-from connectproxy.matching.domains import parse_domain_pattern
+from connectproxy.matching.domains import covers, parse_domain_pattern
 from tests.support import REPO_ROOT
 
 HASH = hash_password("correct horse battery staple")
@@ -405,3 +406,18 @@ def test_two_equal_policies_flag_only_the_later() -> None:
     )
     notes = [line for line in summarize(config) if line.startswith("note:")]
     assert notes == ["note: policy b adds nothing for client c: policy a already allows all of it"]
+
+
+def test_the_summarys_pattern_walk_agrees_with_pattern_containment() -> None:
+    """check-config walks parent domains instead of comparing every pair of patterns; for a
+    single outer pattern both must give the same answer."""
+    texts = [
+        f"{prefix}{domain}"
+        for prefix in ("", ".", "*.")
+        for domain in ("example.com", "a.example.com", "b.a.example.com", "xexample.com", "com")
+    ]
+    patterns = [parse_domain_pattern(text) for text in texts]
+    for outer in patterns:
+        for inner in patterns:
+            kinds = {outer.domain: {outer.kind}}
+            assert summary._pattern_covered(kinds, inner) == covers(outer, inner), (outer, inner)
