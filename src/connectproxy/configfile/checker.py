@@ -39,6 +39,9 @@ class Checker:
         # Client and user names label metrics and logs, so one name must mean one entry across
         # both sections; the first place each was used, for the message about the second.
         self.names: dict[str, Where] = {}
+        # Every policy name a client or user is bound to, with its place: whether each is
+        # defined is known only once `policies` is read, wherever it is in the file.
+        self.policy_refs: list[tuple[str, Where]] = []
 
     def error(self, where: Where, message: str) -> ConfigError:
         return ConfigError(self.source, where.path, where.line, message)

@@ -8,12 +8,13 @@ the first one an operator reading from the top would meet. Warnings keep that or
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from connectproxy.config.model import Config, Listener, Metrics
+from connectproxy.config.model import DEFAULT_POLICY, Config, Listener, Metrics, Policy
 from connectproxy.configfile import identities, listeners, runtime
-from connectproxy.configfile.allow import allow_rules
+from connectproxy.configfile.allow import allow_rules, policies
 from connectproxy.configfile.checker import Checker, Section, describe
 from connectproxy.configfile.destinations import destinations
 from connectproxy.configfile.errors import Where
@@ -25,6 +26,7 @@ __all__ = ["TOP_KEYS", "validate"]
 TOP_KEYS = (
     "listen",
     "allow",
+    "policies",
     "clients",
     "users",
     "htpasswd_file",
@@ -58,11 +60,17 @@ def validate(check: Checker, data: Any, where: Where) -> Config:
         (_DEFAULTS.metrics, None) if metrics_item is None else runtime.metrics(check, *metrics_item)
     )
     _check_metrics_address(check, listen, listener_places, metrics, metrics_place)
+    allow = top.get_or("allow", allow_rules, _DEFAULTS.allow)
+    named, policy_places = top.get_or("policies", policies, ({}, {}))
+    clients = top.get_or("clients", identities.clients, ())
+    users = top.get_or("users", identities.users, ())
+    _check_policy_names(check, named)
     config = Config(
         listen=listen,
-        allow=top.get_or("allow", allow_rules, _DEFAULTS.allow),
-        clients=top.get_or("clients", identities.clients, ()),
-        users=top.get_or("users", identities.users, ()),
+        allow=allow,
+        policies=named,
+        clients=clients,
+        users=users,
         htpasswd_file=top.get_or("htpasswd_file", htpasswd_file, None),
         upstream=top.get_or("upstream", upstream, None),
         destinations=top.get_or("destinations", destinations, _DEFAULTS.destinations),
@@ -72,7 +80,9 @@ def validate(check: Checker, data: Any, where: Where) -> Config:
         log=top.get_or("log", runtime.log, _DEFAULTS.log),
         source=check.source,
     )
-    _warn_about_policy(check, config)
+    if top.get("allow") is not None:
+        policy_places = {DEFAULT_POLICY: top.where_of("allow"), **policy_places}
+    _warn_about_policy(check, config, policy_places)
     return dataclasses.replace(config, warnings=tuple(check.warnings))
 
 
@@ -101,14 +111,61 @@ def _check_metrics_address(
         )
 
 
-def _warn_about_policy(check: Checker, config: Config) -> None:
+def _check_policy_names(check: Checker, named: dict[str, Policy]) -> None:
+    """Every name a client or user is bound to must be defined, wherever `policies` sits."""
+    defined = [DEFAULT_POLICY, *named]
+    for name, where in check.policy_refs:
+        if name in named or name == DEFAULT_POLICY:
+            continue
+        close = difflib.get_close_matches(name, defined, n=1)
+        suggestion = f"did you mean {close[0]!r}? " if close else ""
+        raise check.error(
+            where,
+            f"no policy is named {name!r}; {suggestion}defined policies: {', '.join(defined)} "
+            "(default is the allow section)",
+        )
+
+
+def _admits_nothing(policy: Policy) -> bool:
+    return not policy.ports or (
+        policy.mode == "enforce" and not policy.domains and not policy.networks
+    )
+
+
+def _warn_about_policy(check: Checker, config: Config, policy_places: dict[str, Where]) -> None:
     """Valid but probably not what the operator meant: say so at start-up."""
     where = Where(None, None)
-    if not config.clients and not config.users and config.htpasswd_file is None:
+    nobody = not config.clients and not config.users and config.htpasswd_file is None
+    if nobody:
         check.warn(where, "no clients, users or htpasswd_file: every request will get 407")
-    allow = config.allow
-    if not allow.ports or (allow.mode == "enforce" and not allow.domains and not allow.networks):
+    bound = {name for client in config.clients for name in client.policies}
+    bound.update(name for user in config.users for name in user.policies)
+    if config.htpasswd_file is not None:  # its users have [default]
+        bound.add(DEFAULT_POLICY)
+    # Only a policy someone is bound to can make a request fail; with nobody at all, `allow`
+    # is still what every future client would get by default.
+    if (DEFAULT_POLICY in bound or nobody) and _admits_nothing(config.allow):
         check.warn(where, "allow admits no destination: every request will get 403")
+    for name, place in policy_places.items():
+        if name == DEFAULT_POLICY:  # written as `allow`: unused only if others are bound
+            if not nobody and name not in bound:
+                check.warn(
+                    place,
+                    "no client or user is bound to the default policy (every one names its "
+                    "policies), so allow is never consulted",
+                )
+        elif name not in bound:
+            check.warn(
+                place,
+                "no client or user is bound to this policy, so it allows nothing; name it in a "
+                "client's or user's policies, or remove it",
+            )
+        elif _admits_nothing(config.policies[name]):
+            check.warn(
+                place,
+                "admits no destination (no ports, or mode enforce with no domains and no "
+                "networks): it lets nothing through for the clients and users bound to it",
+            )
     names_used = any(client.tls_names for client in config.clients)
     client_certs = any(
         listener.tls is not None and listener.tls.client_ca_file is not None

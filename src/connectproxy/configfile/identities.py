@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from connectproxy.config.model import Client, User
+from connectproxy.config.model import DEFAULT_POLICIES, Client, User
 from connectproxy.configfile.checker import Checker, Section, items
 from connectproxy.configfile.errors import Where
 from connectproxy.configfile.netvalues import networks
@@ -24,7 +24,7 @@ __all__ = ["clients", "users"]
 def clients(check: Checker, value: Any, where: Where) -> tuple[Client, ...]:
     result = []
     for item, at in items(check, value, where):
-        section = Section(check, item, at, ("name", "networks", "tls_names"))
+        section = Section(check, item, at, ("name", "networks", "tls_names", "policies"))
         name_value, name_at = section.require("name", "a label for logs and metrics")
         client_name = name(check, name_value, name_at)
         client_networks = section.get_or("networks", networks, ())
@@ -36,8 +36,30 @@ def clients(check: Checker, value: Any, where: Where) -> tuple[Client, ...]:
                 "password; to admit by password, use users)",
             )
         _claim_name(check, client_name, name_at)
-        result.append(Client(client_name, client_networks, tls_names))
+        bound = section.get_or("policies", _policy_names, DEFAULT_POLICIES)
+        result.append(Client(client_name, client_networks, tls_names, bound))
     return tuple(result)
+
+
+def _policy_names(check: Checker, value: Any, where: Where) -> tuple[str, ...]:
+    """The names an identity is bound to, in the order they are tried. Whether each is defined
+    is checked once every section is read (`document`), since `policies` may come later in the
+    file; the place of each name is kept for that message."""
+    listed = items(check, value, where)
+    if not listed:
+        raise check.error(
+            where,
+            "an empty list binds to no policy, so every request would get 403; name at least "
+            "one policy, or leave the key out for [default]",
+        )
+    names: list[str] = []
+    for item, at in listed:
+        text = string(check, item, at)
+        if text in names:
+            raise check.error(at, f"policy {text!r} is listed twice; keep one")
+        names.append(text)
+        check.policy_refs.append((text, at))
+    return tuple(names)
 
 
 def _tls_names(check: Checker, value: Any, where: Where) -> tuple[str, ...]:
@@ -53,7 +75,7 @@ def _tls_names(check: Checker, value: Any, where: Where) -> tuple[str, ...]:
 def users(check: Checker, value: Any, where: Where) -> tuple[User, ...]:
     result = []
     for item, at in items(check, value, where):
-        section = Section(check, item, at, ("name", "password_hash", "networks"))
+        section = Section(check, item, at, ("name", "password_hash", "networks", "policies"))
         name_value, name_at = section.require("name", "the Basic user name")
         user_name = basic_user_name(check, name_value, name_at)
         password_hash = _password_hash(
@@ -62,7 +84,8 @@ def users(check: Checker, value: Any, where: Where) -> tuple[User, ...]:
         )
         user_networks = section.get_or("networks", networks, ())
         _claim_name(check, user_name, name_at)
-        result.append(User(user_name, password_hash, user_networks))
+        bound = section.get_or("policies", _policy_names, DEFAULT_POLICIES)
+        result.append(User(user_name, password_hash, user_networks, bound))
     return tuple(result)
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from connectproxy.config.model import Config, Listener, Upstream
+from connectproxy.config.model import DEFAULT_POLICY, Config, Listener, Policy, Upstream
+from connectproxy.matching.domains import DomainPattern
 
 __all__ = ["summarize"]
 
@@ -69,24 +70,118 @@ def _upstream_lines(upstream: Upstream | None) -> list[str]:
     return lines
 
 
+def _mode(policy: Policy) -> str:
+    if policy.mode == "report":
+        return (
+            "report (destinations outside the allowlist are let through and logged as would_deny)"
+        )
+    return policy.mode
+
+
+def _policy_lines(prefix: str, policy: Policy) -> list[str]:
+    return [
+        f"{prefix}.mode: {_mode(policy)}",
+        f"{prefix}.ports: {_join(sorted(policy.ports))}",
+        f"{prefix}.domains: {_join(pattern.text for pattern in policy.domains)}",
+        f"{prefix}.networks: {_join(policy.networks)}",
+    ]
+
+
+def _bound_line(prefix: str, name: str, config: Config) -> str:
+    clients = [client.name for client in config.clients if name in client.policies]
+    users = [user.name for user in config.users if name in user.policies]
+    if name == DEFAULT_POLICY and config.htpasswd_file is not None:
+        users.append("(htpasswd_file users)")
+    return f"{prefix} bound to: clients {_join(clients)}; users {_join(users)}"
+
+
+def _kinds_by_domain(policy: Policy) -> dict[str, set[str]]:
+    kinds: dict[str, set[str]] = {}
+    for pattern in policy.domains:
+        kinds.setdefault(pattern.domain, set()).add(pattern.kind)
+    return kinds
+
+
+def _pattern_covered(kinds: dict[str, set[str]], pattern: DomainPattern) -> bool:
+    """Whether one of the patterns filed in `kinds` covers `pattern`: one at its own domain
+    of a kind at least as wide, or a suffix or subdomains pattern at a parent domain. A walk
+    over the pattern's few parent domains, so a summary of 10,000 patterns stays quick."""
+    here = kinds.get(pattern.domain, set())
+    if "suffix" in here or (pattern.kind in here):
+        return True
+    domain = pattern.domain
+    dot = domain.find(".")
+    while dot >= 0:
+        if kinds.get(domain[dot + 1 :], set()) & {"suffix", "subdomains"}:
+            return True
+        dot = domain.find(".", dot + 1)
+    return False
+
+
+def _covers(outer: Policy, inner: Policy) -> bool:
+    """Whether `outer` allows every destination `inner` allows, on the same terms, so `inner`
+    adds nothing beside it. The modes must agree: an enforce policy is not covered by a report
+    one (it turns would_deny into allowed), and a report policy lets anything through on its
+    ports, so only another report policy on the same ports or more covers it."""
+    if inner.mode != outer.mode or not inner.ports <= outer.ports:
+        return False
+    if inner.mode == "report":
+        return True
+    kinds = _kinds_by_domain(outer)
+    return all(_pattern_covered(kinds, i) for i in inner.domains) and all(
+        any(i.version == o.version and i.subnet_of(o) for o in outer.networks)  # type: ignore[arg-type]
+        for i in inner.networks
+    )
+
+
+def _overlap_notes(config: Config) -> list[str]:
+    """Name every policy that adds nothing for an identity because another of its policies
+    already allows all of it: a binding that looks like it matters but does not."""
+    notes = []
+    known: dict[tuple[str, str], bool] = {}
+    identities = [(f"client {c.name}", c.policies) for c in config.clients]
+    identities += [(f"user {u.name}", u.policies) for u in config.users]
+    for who, names in identities:
+        for i, name in enumerate(names):
+            for j, other in enumerate(names):
+                if i == j:
+                    continue
+                pair = (other, name)
+                if pair not in known:
+                    known[pair] = _covers(config.policies[other], config.policies[name])
+                # Two equal policies: only the later one adds nothing.
+                if known[pair] and (
+                    j < i or not _covers(config.policies[name], config.policies[other])
+                ):
+                    notes.append(
+                        f"note: policy {name} adds nothing for {who}: "
+                        f"policy {other} already allows all of it"
+                    )
+                    break
+    return notes
+
+
 def summarize(config: Config) -> list[str]:
     """The effective policy as `check-config` prints it: what is admitted, where to, and how.
 
     User entries show names only, and upstream proxies show their user name at most: this text
-    ends up in terminals, tickets and chat, so it never carries a secret or a hash.
+    ends up in terminals, tickets and chat, so it never carries a secret or a hash. A config
+    with no named policy prints as it did before policies were named.
     """
-    allow = config.allow
-    mode: str = allow.mode
-    if mode == "report":
-        mode += " (destinations outside the allowlist are let through and logged as would_deny)"
+    named = len(config.policies) > 1
     lines = [f"source: {config.source}"]
     lines += [_listener_line(listener, config.listen) for listener in config.listen]
-    lines += [
-        f"allow.mode: {mode}",
-        f"allow.ports: {_join(sorted(allow.ports))}",
-        f"allow.domains: {_join(pattern.text for pattern in allow.domains)}",
-        f"allow.networks: {_join(allow.networks)}",
-    ]
+    lines += _policy_lines("allow", config.allow)
+    if named:
+        lines.append(f"allow.tls: {config.allow.tls}")
+        lines.append(_bound_line("allow (policy default)", DEFAULT_POLICY, config))
+        for name, policy in config.policies.items():
+            if name == DEFAULT_POLICY:
+                continue
+            prefix = f"policies.{name}"
+            lines += _policy_lines(prefix, policy)
+            lines.append(f"{prefix}.tls: {policy.tls}")
+            lines.append(_bound_line(prefix, name, config))
     if not config.clients:
         lines.append("clients: (none)")
     for client in config.clients:
@@ -95,12 +190,16 @@ def summarize(config: Config) -> list[str]:
             admitted_by.append(f"networks {_join(client.networks)}")
         if client.tls_names:
             admitted_by.append(f"tls_names {_join(client.tls_names)}")
+        if named:
+            admitted_by.append(f"policies {_join(client.policies)}")
         lines.append(f"client {client.name}: {'; '.join(admitted_by)}")
     if not config.users:
         lines.append("users: (none)")
     for user in config.users:
         origin = f"from {_join(user.networks)}" if user.networks else "from any address"
-        lines.append(f"user {user.name}: Basic password, {origin}")
+        bound = f"; policies {_join(user.policies)}" if named else ""
+        lines.append(f"user {user.name}: Basic password, {origin}{bound}")
+    lines += _overlap_notes(config)
     lines.append(f"htpasswd_file: {config.htpasswd_file or '(none)'}")
     lines += _upstream_lines(config.upstream)
     destinations = config.destinations

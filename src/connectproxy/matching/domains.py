@@ -58,6 +58,16 @@ def parse_domain_pattern(text: str) -> DomainPattern:
     return DomainPattern(text=text, kind="exact", domain=domain)
 
 
+def covers(outer: DomainPattern, inner: DomainPattern) -> bool:
+    """Whether every host `inner` matches is matched by `outer`: the squid.conf translation's
+    set algebra and check-config's "adds nothing" note both ask it."""
+    if outer.kind == "exact":
+        return inner.kind == "exact" and inner.domain == outer.domain
+    if inner.domain == outer.domain:
+        return outer.kind == "suffix" or inner.kind == "subdomains"
+    return inner.domain.endswith("." + outer.domain)
+
+
 class DomainIndex:
     """Domain patterns looked up by the host's suffixes, label by label, not walked as a list.
 

@@ -19,7 +19,7 @@ import ipaddress
 from collections.abc import Iterable
 from typing import TypeVar
 
-from connectproxy.matching.domains import DomainPattern
+from connectproxy.matching.domains import DomainPattern, covers
 from connectproxy.matching.netset import IPNetwork
 
 __all__ = [
@@ -47,15 +47,6 @@ _N = TypeVar("_N", ipaddress.IPv4Network, ipaddress.IPv6Network)
 
 
 # --- domain patterns --------------------------------------------------------------------------
-
-
-def covers(outer: DomainPattern, inner: DomainPattern) -> bool:
-    """Whether every host `inner` matches is matched by `outer`."""
-    if outer.kind == "exact":
-        return inner.kind == "exact" and inner.domain == outer.domain
-    if inner.domain == outer.domain:
-        return outer.kind == "suffix" or inner.kind == "subdomains"
-    return inner.domain.endswith("." + outer.domain)
 
 
 def intersect_patterns(
