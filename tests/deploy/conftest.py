@@ -32,6 +32,25 @@ IMAGES = HERE / "images"
 # (images/python-slim.Containerfile).
 PYTHON_SLIM = "docker.io/library/python:3.11-slim"
 ORIGIN_NAME = "origin.test"
+ORIGIN_PORT = 8443  # where the origin listens inside a container, on its loopback
+# A site's own config: the origin's name mapped to the container's loopback (which the default
+# deny list refuses, hence the shorter one), the host's connections arriving through the port
+# publishing from the container network.
+SITE_CONFIG = f"""\
+listen: ["0.0.0.0:3128"]
+allow:
+  ports: [{ORIGIN_PORT}]
+  domains: ["{ORIGIN_NAME}"]
+clients:
+  - name: host
+    networks: ["10.0.0.0/8", "127.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+destinations:
+  deny_networks: ["0.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4"]
+  hosts:
+    {ORIGIN_NAME}: "127.0.0.1"
+timeouts:
+  shutdown_grace: 20
+"""
 DEB_TESTS = "test_debian_package.py"
 
 

@@ -19,32 +19,11 @@ from pathlib import Path
 import pytest
 
 from tests.deploy import peer
-from tests.deploy.conftest import ORIGIN_NAME
+from tests.deploy.conftest import ORIGIN_NAME, ORIGIN_PORT, SITE_CONFIG
 from tests.deploy.podman import Podman
 from tests.deploy.util import free_port, wait_for
 
 pytestmark = pytest.mark.deploy
-
-ORIGIN_PORT = 8443
-
-# A site's own config, as the Dockerfile's header says to mount it: the origin's name mapped to
-# the container's loopback (which the default deny list refuses, hence the shorter one), the
-# host's connections arriving through the port publishing from the container network.
-CONFIG = f"""\
-listen: ["0.0.0.0:3128"]
-allow:
-  ports: [{ORIGIN_PORT}]
-  domains: ["{ORIGIN_NAME}"]
-clients:
-  - name: host
-    networks: ["10.0.0.0/8", "127.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
-destinations:
-  deny_networks: ["0.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4"]
-  hosts:
-    {ORIGIN_NAME}: "127.0.0.1"
-timeouts:
-  shutdown_grace: 20
-"""
 
 
 @dataclass
@@ -115,7 +94,7 @@ def container(
     build = str(request.param)
     image = request.getfixturevalue("product_image" if build == "compiled" else "pure_image")
     config_dir = tmp_path_factory.mktemp(f"config-{build}")
-    (config_dir / "connectproxy.yaml").write_text(CONFIG)
+    (config_dir / "connectproxy.yaml").write_text(SITE_CONFIG)
     (config_dir / "connectproxy.yaml").chmod(0o644)
     config_dir.chmod(0o755)
     running = _start(podman, image, build, peer_dir, config_dir)

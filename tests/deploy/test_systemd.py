@@ -19,31 +19,16 @@ from pathlib import Path
 import pytest
 
 from tests.deploy import peer
-from tests.deploy.conftest import ORIGIN_NAME
+from tests.deploy.conftest import ORIGIN_NAME, ORIGIN_PORT, SITE_CONFIG
 from tests.deploy.podman import Podman
 from tests.deploy.util import free_port, record, wait_for
 
 pytestmark = pytest.mark.deploy
 
-ORIGIN_PORT = 8443
 CONFIG = "/etc/connectproxy/connectproxy.yaml"
 # The site config a reload switches to: the origin (in the container, on its loopback) becomes
 # reachable, which the default the image starts with refuses.
-TUNNEL_CONFIG = f"""\
-listen: ["0.0.0.0:3128"]
-allow:
-  ports: [{ORIGIN_PORT}]
-  domains: ["{ORIGIN_NAME}"]
-clients:
-  - name: host
-    networks: ["10.0.0.0/8", "127.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
-destinations:
-  deny_networks: ["0.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4"]
-  hosts:
-    {ORIGIN_NAME}: "127.0.0.1"
-timeouts:
-  shutdown_grace: 20
-"""
+TUNNEL_CONFIG = SITE_CONFIG
 
 
 @dataclass
