@@ -122,12 +122,14 @@ def test_azure_proxy_guide_config() -> None:
         ".download.microsoft.com",
     ]
     # `http_access allow allowed_http_sites` names no src acl: Squid lets anyone through it.
-    # Addresses both lines admit form their own client, bound to both lines' policies.
+    # Addresses both lines admit form their own client; both lines allow the same (the line
+    # without dstdomain is limited to the other's), so they share the policy default.
     assert client_networks(config) == {"any": ["0.0.0.0/0", "::/0"], "localhost": LOCALHOST}
     assert [(c.name, c.policies) for c in config.clients] == [
-        ("localhost", ("default", "line-18")),
+        ("localhost", ("default",)),
         ("any", ("default",)),
     ]
+    assert list(config.policies) == ["default"]
     assert config.users == () and config.htpasswd_file is None and config.upstream is None
     assert config.timeouts == Config().timeouts and config.metrics == Config().metrics
     assert_warning(translation, file, 11, "no src acl", "ANY source address", "'any'")

@@ -84,8 +84,13 @@ def access(
     source_terms = [(t, p) for t, p in destinations if t.match.users is None]
     names = _policy_names([t for t, _ in source_terms], default_first=not user_terms)
     policies: dict[str, dict[str, Any]] = {}
-    for (_, policy), name in zip(source_terms, names, strict=True):
-        policies[name] = policy.mapping()
+    for position, ((_, policy), name) in enumerate(zip(source_terms, names, strict=True)):
+        # A line allowing exactly what an earlier one allows shares its policy.
+        same = [n for n, mapping in policies.items() if mapping == policy.mapping()]
+        if same:
+            names[position] = same[0]
+        else:
+            policies[name] = policy.mapping()
     if user_terms:
         default = _union([p for _, p in user_terms])
         _check_user_widening([t for t, _ in user_terms], default, report)
@@ -274,7 +279,7 @@ def _admission(named_terms: Sequence[tuple[Term, str]], report: Report) -> list[
             name = f"{base}-{count}"
         used.add(name)
         client: dict[str, Any] = {"name": name, "networks": [net_text(n) for n in collapse(blocks)]}
-        bound = [named_terms[i][1] for i in lines]
+        bound = list(dict.fromkeys(named_terms[i][1] for i in lines))
         if bound != ["default"]:
             client["policies"] = bound
         clients.append(client)
