@@ -80,7 +80,11 @@ def access(
         if policy is not None:
             destinations.append((term, policy))
     _plain_http_note(terms, report)
-    user_terms = [(t, p) for t, p in destinations if t.match.users is not None]
+    user_terms = [
+        (t, p)
+        for t, p in destinations
+        if t.match.users is not None and _password_admission(t, password_file, report)
+    ]
     source_terms = [(t, p) for t, p in destinations if t.match.users is None]
     names = _policy_names([t for t, _ in source_terms], default_first=not user_terms)
     policies: dict[str, dict[str, Any]] = {}
@@ -106,9 +110,7 @@ def access(
             terms[0].rule, "no allow line leaves a host reachable: nobody gets through"
         )
     clients = _admission(list(zip([t for t, _ in source_terms], names, strict=True)), report)
-    use_htpasswd = False
-    for term, _ in user_terms:
-        use_htpasswd = _password_admission(term, password_file, report) or use_htpasswd
+    use_htpasswd = bool(user_terms)
     mapping: dict[str, Any] = {"allow": default.mapping()}
     if policies:
         mapping["policies"] = policies
@@ -287,7 +289,12 @@ def _admission(named_terms: Sequence[tuple[Term, str]], report: Report) -> list[
 
 
 def _password_admission(term: Term, password_file: Path | None, report: Report) -> bool:
-    """A proxy_auth line admits the users of the htpasswd file; say what that loses."""
+    """Whether a proxy_auth line can admit the users of the htpasswd file as Squid did.
+
+    They are bound to `default` from any address, so a line that Squid limited to some of the
+    file's users, or to some source addresses, cannot be kept without letting others through:
+    it admits nobody instead (stricter, warned).
+    """
     match, rule = term.match, term.rule
     if password_file is None:
         report.warn_line(
@@ -298,18 +305,42 @@ def _password_admission(term: Term, password_file: Path | None, report: Report) 
         return False
     if match.users is not None and match.users.names is not None:
         names = ", ".join(sorted(match.users.names))
-        report.warn_line(
-            rule,
-            f"Squid admitted only the users {names}; connectproxy admits every user in "
-            f"{password_file}: remove the others from that file",
-        )
+        in_file = _file_users(password_file)
+        if in_file is None or not in_file <= match.users.names:
+            others = (
+                "cannot be read to check that it has no others"
+                if in_file is None
+                else "also has " + ", ".join(sorted(in_file - match.users.names))
+            )
+            report.warn_line(
+                rule,
+                f"Squid admitted only the users {names}, and {password_file} {others}; "
+                "connectproxy binds every user of that file alike, so nobody is admitted by "
+                "this line (stricter than Squid): give those users a file of their own",
+            )
+            return False
     if match.sources is not None:
         report.warn_line(
             rule,
-            f"Squid admitted these users only from {term.client}; connectproxy admits "
-            f"users of {password_file} from any address",
+            f"Squid admitted these users only from {term.client}; connectproxy admits users "
+            f"of {password_file} from any address, so nobody is admitted by this line "
+            "(stricter than Squid)",
         )
+        return False
     return True
+
+
+def _file_users(path: Path) -> frozenset[str] | None:
+    """The user names of an htpasswd file, or None if it cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return frozenset(
+        line.split(":", 1)[0]
+        for line in (raw.strip() for raw in text.splitlines())
+        if line and not line.startswith("#")
+    )
 
 
 def _term_ports(term: Term, rules: Sequence[Rule], report: Report) -> frozenset[int]:
