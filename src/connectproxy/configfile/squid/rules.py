@@ -152,11 +152,17 @@ class _Walk:
                 "no http_access lines: Squid refuses every request, so no client is admitted",
             )
         challenges: list[tuple[Rule, tuple[IPNetwork, ...], bool]] = []
+        # A deny naming users that could not be applied: later password lines cannot be kept.
+        user_deny: Rule | None = None
         for position, rule in enumerate(rules):
             match = self.match_of(rule)
-            if match is None:
-                continue
             challenge = _challenge(rule)
+            if match is None:
+                if challenge is not None:
+                    challenges.append((rule, *challenge))
+                if not rule.allow and user_deny is None and _names_users(rule):
+                    user_deny = rule
+                continue
             if rule.allow:
                 if rule.implicit:
                     self.report.warn_line(
@@ -167,6 +173,14 @@ class _Walk:
                 term = self.apply_denies(rule, match, denies)
                 if term is not None and term.match.users is None:
                     term = self.apply_challenges(term, challenges)
+                elif term is not None and user_deny is not None:
+                    self.report.warn_line(
+                        rule,
+                        f"{user_deny.text} ({user_deny.directive.where}) refuses some users "
+                        "before this line, which connectproxy cannot express, so nobody is "
+                        "admitted by password through this line (stricter than Squid)",
+                    )
+                    term = None
                 if term is not None:
                     terms.append(term)
                 if not match.dimensions():  # `allow all`
@@ -371,6 +385,11 @@ def _challenge(rule: Rule) -> tuple[tuple[IPNetwork, ...], bool] | None:
         else:
             exact = False  # a destination condition: only some requests reach the acl
     return None
+
+
+def _names_users(rule: Rule) -> bool:
+    """Whether a line has a (non-negated) proxy_auth acl."""
+    return any(c.acl.type == "proxy_auth" and not c.negated for c in rule.conditions)
 
 
 def _client_name(rule: Rule) -> str:
