@@ -389,7 +389,7 @@ def key_warnings(path: Path) -> list[tuple[int, tuple[str, ...]]]:
                     "connectproxy allows only ports 443",
                 ),
             ),
-            (line_of(AZURE, "http_access allow localhost"), ("limits it to allow.domains",)),
+            (line_of(AZURE, "http_access allow localhost"), ("limits it to the dstdomain acls",)),
         ]
     sensor1 = line_of(CHAINING, "http_access allow sensor1")
     return [
@@ -598,7 +598,8 @@ def test_run_on_the_azure_guide_config(tmp_path: Path) -> None:
         ("iot.azure-devices.net:80", 403, "any"),
         ("198.51.100.7:443", 403, "any"),
         (None, 405, None),
-        ("example.com:443", 403, "any"),
+        # localhost is admitted by both allow lines: its own client, bound to both policies.
+        ("example.com:443", 403, "localhost"),
     ]
     assert {r["outcome"] for r in records} == {"forbidden", "method_not_allowed"}
     assert all(r["client_addr"] == "127.0.0.2" for r in records[:5])
@@ -796,7 +797,7 @@ AZURE_SIDE_BY_SIDE: list[Row] = [
     ("127.0.0.2", "example.com:443", False, False, None),
     ("127.0.0.2", "iot.azure-devices.net:8883", True, False, "Squid tunnels to ANY port"),
     ("127.0.0.2", "iot.azure-devices.net:80", True, False, "Squid tunnels to ANY port"),
-    ("127.0.0.1", "example.com:443", True, False, "limits it to allow.domains"),
+    ("127.0.0.1", "example.com:443", True, False, "limits it to the dstdomain acls"),
     ("127.0.0.1", "example.com:8443", False, False, None),
 ]
 

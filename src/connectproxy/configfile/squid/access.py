@@ -4,9 +4,11 @@ rules.py says, for each `http_access allow` line, which sources or users it admi
 ports and hosts they may reach after the deny lines above it. connectproxy's model
 (docs/configuration.md) then takes:
 
-- the clients: the source networks of those lines (one client per `src` ACL, named after it),
-  and the htpasswd file when a line needs `proxy_auth`;
-- the allowlist: the union of their `dstdomain` ACLs and their ports, shared by every client.
+- one policy per allow line that admits by address (its hosts and ports, after the denies
+  above it), and the clients: the source addresses cut into the regions the same lines admit,
+  each bound to those lines' policies, so no client reaches what Squid gave only another;
+- `allow` (the policy `default`): for users of the htpasswd file, who are always bound to it,
+  the union of the proxy_auth lines; else the first line's policy.
 
 This is the one step that decides how the terms combine into what each client or user may
 reach; rules.py before it knows nothing of connectproxy's shape. Where that shape cannot say what
@@ -19,17 +21,19 @@ for IoT allowlist; ports come from `deny CONNECT !SSL_ports`, else 443.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from connectproxy.configfile.squid.acls import Rule
 from connectproxy.configfile.squid.parse import Directive
-from connectproxy.configfile.squid.report import Report, SquidImportError
+from connectproxy.configfile.squid.report import Report
 from connectproxy.configfile.squid.rules import Match, Term, connect_ports_rule
 from connectproxy.configfile.squid.sets import (
     ANYWHERE,
     collapse,
     covers,
+    intersect,
     net_text,
     subtract,
     unique_patterns,
@@ -59,16 +63,58 @@ def access(
     htpasswd: tuple[int, Directive, Path] | None,
     report: Report,
 ) -> dict[str, Any]:
-    """The keys that say who may go where: `allow`, `clients` and, when an allow line needs a
-    password, `htpasswd_file`. `htpasswd` is the translated `auth_param basic program` line
-    (directive index, directive, password file), or None."""
+    """The keys that say who may go where: `allow`, `policies`, `clients` and, when an allow
+    line needs a password, `htpasswd_file`. `htpasswd` is the translated `auth_param basic
+    program` line (directive index, directive, password file), or None.
+
+    Each allow line becomes its own policy (its hosts and ports), bound to exactly the clients
+    it admits, so no client reaches what another line allowed someone else. Users of the
+    password file are always bound to `default` (`allow`), which is the union of the proxy_auth
+    lines' destinations.
+    """
     password_file = htpasswd[2] if htpasswd is not None else None
-    clients, use_htpasswd = _admission(terms, password_file, report)
-    domains, ports = _allowlist(terms, rules, report)
-    mapping: dict[str, Any] = {
-        "allow": {"ports": sorted(ports), "domains": [p.text for p in domains]},
-        "clients": clients,
-    }
+    fallback = _fallback_domains(terms, report)
+    destinations: list[tuple[Term, _Policy]] = []
+    for term in terms:
+        policy = _term_policy(term, rules, fallback, report)
+        if policy is not None:
+            destinations.append((term, policy))
+    _plain_http_note(terms, report)
+    user_terms = [
+        (t, p)
+        for t, p in destinations
+        if t.match.users is not None and _password_admission(t, password_file, report)
+    ]
+    source_terms = [(t, p) for t, p in destinations if t.match.users is None]
+    names = _policy_names([t for t, _ in source_terms], default_first=not user_terms)
+    policies: dict[str, dict[str, Any]] = {}
+    for position, ((_, policy), name) in enumerate(zip(source_terms, names, strict=True)):
+        # A line allowing exactly what an earlier one allows shares its policy.
+        same = [n for n, mapping in policies.items() if mapping == policy.mapping()]
+        if same:
+            names[position] = same[0]
+        else:
+            policies[name] = policy.mapping()
+    if user_terms:
+        default = _union([p for _, p in user_terms])
+        _check_user_widening([t for t, _ in user_terms], default, report)
+    elif "default" in policies:
+        default = _Policy.from_mapping(policies.pop("default"))
+    else:
+        default = _Policy(
+            tuple(parse_domain_pattern(text) for text in DEFENDER_ALLOWLIST),
+            frozenset({_TLS_PORT}),
+        )
+    if terms and not destinations:
+        report.warn_line(
+            terms[0].rule, "no allow line leaves a host reachable: nobody gets through"
+        )
+    clients = _admission(list(zip([t for t, _ in source_terms], names, strict=True)), report)
+    use_htpasswd = bool(user_terms)
+    mapping: dict[str, Any] = {"allow": default.mapping()}
+    if policies:
+        mapping["policies"] = policies
+    mapping["clients"] = clients
     if use_htpasswd and htpasswd is not None:
         mapping["htpasswd_file"] = str(htpasswd[2])
     elif htpasswd is not None:
@@ -81,22 +127,123 @@ def access(
     return mapping
 
 
+@dataclass(frozen=True)
+class _Policy:
+    """Where one allow line lets its clients go: hosts and ports, paired."""
+
+    domains: tuple[DomainPattern, ...]
+    ports: frozenset[int]
+
+    def mapping(self) -> dict[str, Any]:
+        return {"ports": sorted(self.ports), "domains": [p.text for p in self.domains]}
+
+    @staticmethod
+    def from_mapping(mapping: dict[str, Any]) -> _Policy:
+        return _Policy(
+            tuple(parse_domain_pattern(text) for text in mapping["domains"]),
+            frozenset(mapping["ports"]),
+        )
+
+
+def _union(policies: Sequence[_Policy]) -> _Policy:
+    domains = unique_patterns(p for policy in policies for p in policy.domains)
+    return _Policy(domains, frozenset(port for policy in policies for port in policy.ports))
+
+
+def _policy_names(terms: Sequence[Term], *, default_first: bool) -> list[str]:
+    """`line-N` after the http_access line (N its line number), the first one `default` when no
+    password users need `allow`; a second line with the same number gets `-2`, `-3`..."""
+    names: list[str] = []
+    for position, term in enumerate(terms):
+        if default_first and position == 0:
+            names.append("default")
+            continue
+        base = "line-" + term.rule.directive.where.rsplit(":", 1)[-1]
+        name, count = base, 1
+        while name in names:
+            count += 1
+            name = f"{base}-{count}"
+        names.append(name)
+    return names
+
+
+def _fallback_domains(terms: Sequence[Term], report: Report) -> tuple[DomainPattern, ...]:
+    """The hosts of a line without dstdomain acl: Squid lets it reach any host; connectproxy
+    needs a list, so the other lines' dstdomain acls, else the Defender for IoT allowlist."""
+    named = unique_patterns(p for t in terms if t.match.domains for p in t.match.domains)
+    for term in terms:
+        if term.match.domains is not None:
+            continue
+        if named:
+            report.warn_line(
+                term.rule,
+                "Squid lets this line reach any host; connectproxy limits it to the dstdomain "
+                "acls of the other allow lines (stricter than Squid)",
+            )
+        else:
+            report.warn_line(
+                term.rule,
+                "Squid lets this line reach any host; no allow line names a dstdomain acl, "
+                "so its policy's domains are the Defender for IoT allowlist: "
+                + ", ".join(DEFENDER_ALLOWLIST),
+            )
+    if named:
+        return named
+    return tuple(parse_domain_pattern(text) for text in DEFENDER_ALLOWLIST)
+
+
+def _term_policy(
+    term: Term, rules: Sequence[Rule], fallback: tuple[DomainPattern, ...], report: Report
+) -> _Policy | None:
+    """The line's own policy, or None (warned) when nothing is left reachable through it."""
+    domains = term.match.domains if term.match.domains is not None else fallback
+    kept: list[DomainPattern] = []
+    for allowed in domains:
+        inside = [e for e in term.match.except_domains if covers(allowed, e)]
+        if any(covers(e, allowed) for e in term.match.except_domains):
+            continue  # refused for this line altogether: exactly Squid
+        if inside:
+            # No policy can refuse a host inside one it allows: keep only the domain itself.
+            apex = parse_domain_pattern(allowed.text[1:]) if allowed.text[0] == "." else None
+            if apex is not None and any(covers(e, apex) for e in term.match.except_domains):
+                apex = None
+            kept_text = f"only {apex.text} itself is kept" if apex else "it is left out"
+            report.warn_line(
+                term.rule,
+                f"Squid refuses {', '.join(e.text for e in inside)} for this line, and "
+                f"connectproxy cannot make an exception inside {allowed.text}, so "
+                f"{kept_text} in this line's policy (stricter than Squid)",
+            )
+            if apex is not None:
+                kept.append(apex)
+            continue
+        kept.append(allowed)
+    ports = _term_ports(term, rules, report)
+    if not kept or not ports:
+        report.warn_line(
+            term.rule,
+            "after the deny lines above it, no host and port this line allows can be written "
+            "as a policy, so nothing is let through by it (stricter than Squid)",
+        )
+        return None
+    return _Policy(tuple(kept), ports)
+
+
 # --- admission --------------------------------------------------------------------------------
 
 
-def _admission(
-    terms: Sequence[Term], password_file: Path | None, report: Report
-) -> tuple[list[dict[str, Any]], bool]:
-    """`clients` from the lines that admit by address; whether the htpasswd file is needed."""
-    networks: dict[str, list[IPNetwork]] = {}
-    use_htpasswd = False
-    for term in terms:
+def _admission(named_terms: Sequence[tuple[Term, str]], report: Report) -> list[dict[str, Any]]:
+    """`clients` from the lines that admit by address.
+
+    A connection belongs to one client only (the first that matches), so the source addresses
+    are cut into regions that the same lines admit; each region is one client bound to those
+    lines' policies, in squid.conf order. Squid allows what any of its lines allows, and a
+    client with several policies is allowed what any of them allows: the same decision.
+    """
+    regions: list[tuple[tuple[IPNetwork, ...], tuple[int, ...]]] = [(ANYWHERE, ())]
+    for position, (term, _) in enumerate(named_terms):
         match, rule = term.match, term.rule
-        if match.users is not None:
-            use_htpasswd = _password_admission(term, password_file, report) or use_htpasswd
-            continue
         sources = ANYWHERE if match.sources is None else match.sources
-        networks.setdefault(term.client, []).extend(sources)
         everyone = " and ".join(net_text(n) for n in sources if n.prefixlen == 0)
         if everyone:
             because = "this line has no src acl, so" if term.client == "any" else "its src acl:"
@@ -105,15 +252,49 @@ def _admission(
                 f"{because} ANY source address is admitted without a password (client "
                 f"{term.client!r}: {everyone}); restrict it to your sensors' networks",
             )
-    clients = [
-        {"name": name, "networks": [net_text(n) for n in collapse(nets)]}
-        for name, nets in networks.items()
-    ]
-    return clients, use_htpasswd
+        refined: list[tuple[tuple[IPNetwork, ...], tuple[int, ...]]] = []
+        for nets, lines in regions:
+            inside = intersect(nets, sources)
+            outside = subtract(nets, sources)
+            if inside:
+                refined.append((inside, (*lines, position)))
+            if outside:
+                refined.append((outside, lines))
+        regions = refined
+    # A client keeps every address its lines share, not only its region: the clients are
+    # ordered by how many lines admit them, most first, so an address still meets the client
+    # of exactly its lines first, and a line's networks are written as squid.conf wrote them.
+    line_sets = sorted({lines for _, lines in regions if lines}, key=lambda ls: (-len(ls), ls))
+    clients: list[dict[str, Any]] = []
+    used: set[str] = set()
+    for lines in line_sets:
+        blocks: tuple[IPNetwork, ...] = ANYWHERE
+        for i in lines:
+            shared = named_terms[i][0].match.sources
+            blocks = intersect(blocks, ANYWHERE if shared is None else shared)
+        # Named after its lines' src acls; `any` (no src acl) only when it is all there is.
+        parts = list(dict.fromkeys(named_terms[i][0].client for i in lines))
+        base = "+".join(p for p in parts if p != "any" or len(parts) == 1)
+        name, count = base, 1
+        while name in used:
+            count += 1
+            name = f"{base}-{count}"
+        used.add(name)
+        client: dict[str, Any] = {"name": name, "networks": [net_text(n) for n in collapse(blocks)]}
+        bound = list(dict.fromkeys(named_terms[i][1] for i in lines))
+        if bound != ["default"]:
+            client["policies"] = bound
+        clients.append(client)
+    return clients
 
 
 def _password_admission(term: Term, password_file: Path | None, report: Report) -> bool:
-    """A proxy_auth line admits the users of the htpasswd file; say what that loses."""
+    """Whether a proxy_auth line can admit the users of the htpasswd file as Squid did.
+
+    They are bound to `default` from any address, so a line that Squid limited to some of the
+    file's users, or to some source addresses, cannot be kept without letting others through:
+    it admits nobody instead (stricter, warned).
+    """
     match, rule = term.match, term.rule
     if password_file is None:
         report.warn_line(
@@ -124,80 +305,42 @@ def _password_admission(term: Term, password_file: Path | None, report: Report) 
         return False
     if match.users is not None and match.users.names is not None:
         names = ", ".join(sorted(match.users.names))
-        report.warn_line(
-            rule,
-            f"Squid admitted only the users {names}; connectproxy admits every user in "
-            f"{password_file}: remove the others from that file",
-        )
+        in_file = _file_users(password_file)
+        if in_file is None or not in_file <= match.users.names:
+            others = (
+                "cannot be read to check that it has no others"
+                if in_file is None
+                else "also has " + ", ".join(sorted(in_file - match.users.names))
+            )
+            report.warn_line(
+                rule,
+                f"Squid admitted only the users {names}, and {password_file} {others}; "
+                "connectproxy binds every user of that file alike, so nobody is admitted by "
+                "this line (stricter than Squid): give those users a file of their own",
+            )
+            return False
     if match.sources is not None:
         report.warn_line(
             rule,
-            f"Squid admitted these users only from {term.client}; connectproxy admits "
-            f"users of {password_file} from any address",
+            f"Squid admitted these users only from {term.client}; connectproxy admits users "
+            f"of {password_file} from any address, so nobody is admitted by this line "
+            "(stricter than Squid)",
         )
+        return False
     return True
 
 
-# --- the allowlist ----------------------------------------------------------------------------
-
-
-def _allowlist(
-    terms: Sequence[Term], rules: Sequence[Rule], report: Report
-) -> tuple[list[DomainPattern], frozenset[int]]:
-    """allow.domains and allow.ports, with every way they differ from Squid reported."""
-    named = unique_patterns(p for t in terms if t.match.domains for p in t.match.domains)
-    open_terms = [t for t in terms if t.match.domains is None]
-    if named:
-        for term in open_terms:
-            report.warn_line(
-                term.rule,
-                "Squid lets this line reach any host; connectproxy limits it to allow.domains "
-                "(the dstdomain acls of the other allow lines)",
-            )
-        domains = list(named)
-    else:
-        for term in open_terms:
-            report.warn_line(
-                term.rule,
-                "Squid lets this line reach any host; no allow line names a dstdomain acl, "
-                "so allow.domains is the Defender for IoT allowlist: "
-                + ", ".join(DEFENDER_ALLOWLIST),
-            )
-        domains = [parse_domain_pattern(text) for text in DEFENDER_ALLOWLIST]
-    domains = _apply_exceptions(terms, domains, report)
-    if not domains and terms:
-        report.warn_line(terms[0].rule, "allow.domains ends up empty: no host is reachable")
-    ports = frozenset(p for term in terms for p in _term_ports(term, rules, report))
-    if not terms:
-        ports = frozenset({_TLS_PORT})
-    _plain_http_note(terms, report)
-    _check_widening(terms, domains, ports, report)
-    return domains, ports
-
-
-def _apply_exceptions(
-    terms: Sequence[Term], domains: list[DomainPattern], report: Report
-) -> list[DomainPattern]:
-    """Hosts a line excludes: drop allowlist entries they cover, report the rest."""
-    kept = list(domains)
-    for term in terms:
-        for excluded in term.match.except_domains:
-            for allowed in list(kept):
-                if covers(excluded, allowed):
-                    kept.remove(allowed)
-                    report.warn_line(
-                        term.rule,
-                        f"{allowed.text} is refused for this line, so it is removed from "
-                        "allow.domains for every client",
-                    )
-                elif covers(allowed, excluded):
-                    report.warn_line(
-                        term.rule,
-                        f"Squid refuses {excluded.text} for this line, but connectproxy "
-                        f"cannot make an exception inside {allowed.text}: those hosts "
-                        "are reachable (wider than Squid)",
-                    )
-    return kept
+def _file_users(path: Path) -> frozenset[str] | None:
+    """The user names of an htpasswd file, or None if it cannot be read."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return frozenset(
+        line.split(":", 1)[0]
+        for line in (raw.strip() for raw in text.splitlines())
+        if line and not line.startswith("#")
+    )
 
 
 def _term_ports(term: Term, rules: Sequence[Rule], report: Report) -> frozenset[int]:
@@ -223,15 +366,10 @@ def _term_ports(term: Term, rules: Sequence[Rule], report: Report) -> frozenset[
         return narrowed
     if len(ports) > _MAX_LISTED_PORTS:
         kept = ports & narrowed
-        if not kept:
-            raise SquidImportError(
-                f"{term.rule.directive.where}: {term.rule.text} allows {len(ports)} ports "
-                "and none of them is a TLS port; list the ports sensors need in a port acl"
-            )
         report.warn_line(
             term.rule,
             f"Squid allows {len(ports)} ports here; connectproxy lists only "
-            f"{', '.join(str(p) for p in sorted(kept))}",
+            f"{', '.join(str(p) for p in sorted(kept)) or 'none of them'} (stricter than Squid)",
         )
         return kept
     return ports
@@ -253,17 +391,14 @@ def _plain_http_note(terms: Sequence[Term], report: Report) -> None:
             return
 
 
-def _check_widening(
-    terms: Sequence[Term], domains: list[DomainPattern], ports: frozenset[int], report: Report
-) -> None:
-    """One allowlist for everyone: report clients that now reach more than in Squid."""
+def _check_user_widening(terms: Sequence[Term], default: _Policy, report: Report) -> None:
+    """Users of the password file share `allow`: report a line whose users now reach more."""
     for term in terms:
         covering = [other for other in terms if _admits_all_of(other.match, term.match)]
         missing_domains: set[str] = set()
         missing_ports: set[int] = set()
-        for pattern in domains:
-            for port in ports:
-                # What Squid let `other` reach, before any narrowing of ours.
+        for pattern in default.domains:
+            for port in default.ports:
                 reached = any(
                     (other.match.ports is None or port in other.match.ports)
                     and (
@@ -276,12 +411,11 @@ def _check_widening(
                     missing_domains.add(pattern.text)
                     missing_ports.add(port)
         if missing_domains:
-            who = "its users" if term.match.users is not None else f"client {term.client!r}"
             report.warn_line(
                 term.rule,
-                f"in Squid {who} could not reach every allowlist entry on every allowed port; "
-                "connectproxy has one allowlist for all clients, so it now also reaches "
-                f"{', '.join(sorted(missing_domains))} (ports "
+                "in Squid its users could not reach every host of the other proxy_auth lines "
+                "on every port; users of the password file share allow, so they now also "
+                f"reach {', '.join(sorted(missing_domains))} (ports "
                 f"{', '.join(str(p) for p in sorted(missing_ports))}) — wider than Squid",
             )
 

@@ -151,9 +151,17 @@ class _Walk:
                 where,
                 "no http_access lines: Squid refuses every request, so no client is admitted",
             )
+        challenges: list[tuple[Rule, tuple[IPNetwork, ...], bool]] = []
+        # A deny naming users that could not be applied: later password lines cannot be kept.
+        user_deny: Rule | None = None
         for position, rule in enumerate(rules):
             match = self.match_of(rule)
+            challenge = _challenge(rule)
             if match is None:
+                if challenge is not None:
+                    challenges.append((rule, *challenge))
+                if not rule.allow and user_deny is None and _names_users(rule):
+                    user_deny = rule
                 continue
             if rule.allow:
                 if rule.implicit:
@@ -163,11 +171,25 @@ class _Walk:
                         "line matched; translated as an allow line for every client",
                     )
                 term = self.apply_denies(rule, match, denies)
+                if term is not None and term.match.users is None:
+                    term = self.apply_challenges(term, challenges)
+                elif term is not None and user_deny is not None:
+                    self.report.warn_line(
+                        rule,
+                        f"{user_deny.text} ({user_deny.directive.where}) refuses some users "
+                        "before this line, which connectproxy cannot express, so nobody is "
+                        "admitted by password through this line (stricter than Squid)",
+                    )
+                    term = None
                 if term is not None:
                     terms.append(term)
                 if not match.dimensions():  # `allow all`
                     self.note_unreachable(rule, rules[position + 1 :])
                     return terms
+            if challenge is not None:
+                challenges.append((rule, *challenge))
+            if rule.allow:
+                pass
             elif match.destinations:
                 self.deny_destinations(rule, match)
             elif not match.dimensions():  # `deny all`
@@ -176,6 +198,36 @@ class _Walk:
             else:
                 denies.append((rule, match))
         return terms
+
+    def apply_challenges(
+        self, term: Term, challenges: list[tuple[Rule, tuple[IPNetwork, ...], bool]]
+    ) -> Term | None:
+        """A line above that reaches a proxy_auth acl answers 407 to a request without
+        credentials, so such requests from its sources never reach this line: take them away."""
+        match = term.match
+        for rule, sources, exact in challenges:
+            admitted = ANYWHERE if match.sources is None else match.sources
+            if not intersect(admitted, sources):
+                continue
+            left = subtract(admitted, sources)
+            how = (
+                ""
+                if exact
+                else (
+                    " (for every destination, though Squid asks only for some: stricter than Squid)"
+                )
+            )
+            self.report.warn_line(
+                term.rule,
+                f"Squid asks a client without a password for one at {rule.text} "
+                f"({rule.directive.where}) before this line, for sources "
+                f"{', '.join(net_text(n) for n in collapse(sources))}: those are not admitted "
+                f"without a password by this line{how}",
+            )
+            if not left:
+                return None
+            match = replace(match, sources=left)
+        return replace(term, match=match)
 
     def note_unreachable(self, final: Rule, later: list[Rule]) -> None:
         """Lines after `deny all` do nothing, in Squid as here; sensors appended at the end of
@@ -310,6 +362,34 @@ class _Walk:
                 return None
             match = narrowed
         return Term(rule, match, _client_name(rule))
+
+
+def _challenge(rule: Rule) -> tuple[tuple[IPNetwork, ...], bool] | None:
+    """The sources whose requests without credentials reach a proxy_auth acl of `rule` (Squid
+    answers them 407 there), and whether that holds for every destination; None if none do."""
+    sources: tuple[IPNetwork, ...] = ANYWHERE
+    exact = True
+    for condition in rule.conditions:
+        acl, negated = condition.acl, condition.negated
+        if acl.type == "proxy_auth":
+            return (sources, exact) if sources else None
+        if acl.type == "src":
+            nets = complement(acl.networks) if negated else acl.networks
+            sources = intersect(sources, nets)
+        elif acl.type == "method":
+            if ("CONNECT" in acl.methods) == negated:
+                return None
+        elif acl.type == "manager":
+            if not negated:
+                return None
+        else:
+            exact = False  # a destination condition: only some requests reach the acl
+    return None
+
+
+def _names_users(rule: Rule) -> bool:
+    """Whether a line has a (non-negated) proxy_auth acl."""
+    return any(c.acl.type == "proxy_auth" and not c.negated for c in rule.conditions)
 
 
 def _client_name(rule: Rule) -> str:
