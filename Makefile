@@ -52,8 +52,9 @@ test-pure: $(PURE_VENV)/bin/.installed
 test-long: soak fuzz
 
 ## The imported squid.conf against a real Squid on 200 generated configs (about 2-6 minutes).
-## It fails until the translation keeps Squid's pairing of sources and destinations (per-client
-## policies); it is outside `make test` and CI until then.
+## The translation is never wider than Squid on them, but equal decisions are 75.8% against the
+## 95% it promises (credentials decide alone here; see issue notes), so it stays outside
+## `make test` and CI until then.
 squid-differential: $(BIN)/.installed
 	$(BIN)/pytest -q -m differential -rA
 
