@@ -296,3 +296,22 @@ def peer_dir(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
         path.chmod(0o644)
     folder.chmod(0o755)
     return folder
+
+
+def start_origin(podman: Any, cid: str) -> None:
+    """The TLS origin (peer.py) on the container's loopback, ORIGIN_PORT, with the test CA's
+    certificate for ORIGIN_NAME mounted at /peer."""
+    podman.cmd(
+        "exec",
+        "-d",
+        cid,
+        "python3",
+        "/peer/peer.py",
+        "origin",
+        "--port",
+        str(ORIGIN_PORT),
+        "--cert",
+        "/peer/origin.pem",
+        "--key",
+        "/peer/origin.key",
+    )

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy import peer
-from tests.deploy.conftest import ORIGIN_NAME, ORIGIN_PORT, SITE_CONFIG
+from tests.deploy.conftest import ORIGIN_NAME, ORIGIN_PORT, SITE_CONFIG, start_origin
 from tests.deploy.podman import Podman
 from tests.deploy.util import free_port, wait_for
 
@@ -56,20 +56,7 @@ def _start(podman: Podman, image: str, build: str, peer_dir: Path, config_dir: P
         "-v",
         f"{peer_dir}:/peer:ro",
     )
-    podman.cmd(
-        "exec",
-        "-d",
-        cid,
-        "python3",
-        "/peer/peer.py",
-        "origin",
-        "--port",
-        str(ORIGIN_PORT),
-        "--cert",
-        "/peer/origin.pem",
-        "--key",
-        "/peer/origin.key",
-    )
+    start_origin(podman, cid)
     running = Running(podman, cid, port, build, peer_dir / "ca.pem")
 
     def tunnel_works() -> bool:

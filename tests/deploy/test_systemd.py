@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy import peer
-from tests.deploy.conftest import ORIGIN_NAME, ORIGIN_PORT, SITE_CONFIG
+from tests.deploy.conftest import ORIGIN_NAME, ORIGIN_PORT, SITE_CONFIG, start_origin
 from tests.deploy.podman import Podman
 from tests.deploy.util import free_port, record, wait_for
 
@@ -81,20 +81,7 @@ def machine(systemd_image: str, podman: Podman, peer_dir: Path) -> Iterator[Mach
             60,
             "systemd to finish booting",
         )
-        podman.cmd(
-            "exec",
-            "-d",
-            cid,
-            "python3",
-            "/peer/peer.py",
-            "origin",
-            "--port",
-            str(ORIGIN_PORT),
-            "--cert",
-            "/peer/origin.pem",
-            "--key",
-            "/peer/origin.key",
-        )
+        start_origin(podman, cid)
         yield box
     finally:
         journal = podman.exec(cid, "journalctl", "-u", "connectproxy", "--no-pager", check=False)
