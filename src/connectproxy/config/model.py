@@ -259,6 +259,10 @@ class Config:
     users_by_name: Mapping[str, User] = field(init=False, repr=False, compare=False)
     # Whether any policy is in report mode: then every access line carries `would_deny`.
     report_mode: bool = field(init=False, repr=False, compare=False)
+    # Whether Basic credentials are checked at all: only with `users` or an `htpasswd_file`.
+    # Without either, a Proxy-Authorization header is ignored, as Squid ignores it when no
+    # proxy_auth acl is reached (docs/configuration.md, "How the keys combine").
+    checks_credentials: bool = field(init=False, repr=False, compare=False)
     # Admission's indexes of `clients`, by position: the first client holding a source network,
     # the first listing a certificate name.
     client_networks: NetworkIndex = field(init=False, repr=False, compare=False)
@@ -279,6 +283,8 @@ class Config:
         object.__setattr__(self, "policies", MappingProxyType(policies))
         report_mode = any(policy.mode == "report" for policy in policies.values())
         object.__setattr__(self, "report_mode", report_mode)
+        checks = bool(self.users) or self.htpasswd_file is not None
+        object.__setattr__(self, "checks_credentials", checks)
         for kind, identities in (("client", self.clients), ("user", self.users)):
             for identity in identities:
                 for name in identity.policies:

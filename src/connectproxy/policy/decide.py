@@ -101,10 +101,12 @@ def _deny(
 
 
 def admit(source: Source, credentials: Credentials | None, config: Config) -> Decision:
-    """Admission (docs/configuration.md, "How the keys combine"). Credentials, when sent, decide
-    alone: wrong ones are refused even from an admitted network, so a sensor with a stale
-    password is noticed instead of silently falling back to its network admission."""
-    if credentials is not None:
+    """Admission (docs/configuration.md, "How the keys combine"). Credentials, when sent to a
+    proxy that checks them, decide alone: wrong ones are refused even from an admitted network,
+    so a sensor with a stale password is noticed instead of silently falling back to its
+    network admission. A proxy with no `users` and no `htpasswd_file` has nothing to check them
+    against and ignores them, as Squid does where no proxy_auth acl is reached."""
+    if credentials is not None and config.checks_credentials:
         user = credentials.user
         if not credentials.valid:
             return _deny(407, "auth_failed", "invalid proxy credentials", user=user)

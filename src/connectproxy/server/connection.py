@@ -146,7 +146,7 @@ class Flow:
 
             target = request.target
             rec.target = target.authority
-            credentials = await _credentials(request, loaded.auth)
+            credentials = await _credentials(request, loaded.auth, config)
             source = Source(source_addr, source_port, tls_names)
             decision = decide(target, source, credentials, config)
             rec.client, rec.user, rec.policy = decision.client, decision.user, decision.policy
@@ -287,9 +287,13 @@ async def _read_request(sock: socket.socket, config: Config) -> tuple[Request, b
             return taken
 
 
-async def _credentials(request: Request, auth: Authenticator) -> Credentials | None:
+async def _credentials(
+    request: Request, auth: Authenticator, config: Config
+) -> Credentials | None:
+    """The request's Basic credentials, checked; None when it sent none or when the config has
+    no users to check them against (then they are ignored: `decide.admit`)."""
     value = request.proxy_authorization
-    if value is None:
+    if value is None or not config.checks_credentials:
         return None
     parsed = parse_basic_credentials(value)
     if parsed is None:

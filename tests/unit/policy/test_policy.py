@@ -205,6 +205,21 @@ def test_wrong_credentials_refused_even_with_admitted_certificate() -> None:
     assert_denied(decision, 407, "auth_failed")
 
 
+def test_credentials_ignored_when_no_users_are_configured() -> None:
+    """No `users` and no `htpasswd_file`: nothing checks credentials, so they neither admit nor
+    refuse; the network decides, as in Squid when no proxy_auth acl is reached."""
+    no_users = replace(CONFIG, users=(), htpasswd_file=None)
+    assert not no_users.checks_credentials
+    for credentials in (Credentials("alice", False), Credentials("alice", True)):
+        decision = decide(GOOD, ADMITTED, credentials, no_users)
+        assert decision.allowed
+        assert decision.user is None
+        assert_denied(decide(GOOD, OUTSIDE, credentials, no_users), 407, "auth_required")
+    with_file = replace(no_users, htpasswd_file=Path("/nonexistent/htpasswd"))
+    assert with_file.checks_credentials
+    assert_denied(decide(GOOD, ADMITTED, Credentials("alice", False), with_file), 407, "auth_failed")
+
+
 def test_unknown_user_with_invalid_credentials() -> None:
     decision = decide(GOOD, OUTSIDE, Credentials("mallory", False), CONFIG)
     assert_denied(decision, 407, "auth_failed")
