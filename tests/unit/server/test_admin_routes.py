@@ -9,7 +9,6 @@ import hmac
 import pytest
 
 from connectproxy.observe.ops import OpsRequest, OpsResponse
-from connectproxy.server import admin
 from connectproxy.server.admin import AdminRoutes
 
 TOKEN = "t" * 40
