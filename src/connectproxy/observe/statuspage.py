@@ -22,6 +22,7 @@ import base64
 import hashlib
 import html
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from connectproxy.observe.refusals import RefusalCount
@@ -114,6 +115,29 @@ class StatusSnapshot:
     refusal_window_s: float
     upstream_strategy: str | None
     upstreams: tuple[UpstreamState, ...]
+
+
+def tunnels_by_client(
+    tunnels: Iterable[tuple[str | None, int, int, float]], now: float
+) -> tuple[ClientTunnels, ...]:
+    """Open tunnels, each (client, bytes client→server, bytes server→client, wall-clock start),
+    summed by client (None is `-`, as in the metrics): most tunnels first, then by name."""
+    sums: dict[str, list[float]] = {}
+    for client, up, down, started in tunnels:
+        row = sums.get(client or "-")
+        if row is None:
+            sums[client or "-"] = [1, up, down, started]
+        else:
+            row[0] += 1
+            row[1] += up
+            row[2] += down
+            row[3] = min(row[3], started)
+    rows = [
+        ClientTunnels(client, int(n), int(up), int(down), max(0.0, now - oldest))
+        for client, (n, up, down, oldest) in sums.items()
+    ]
+    rows.sort(key=lambda row: (-row.count, row.client))
+    return tuple(rows)
 
 
 def render(snap: StatusSnapshot) -> bytes:

@@ -240,3 +240,22 @@ def test_health_build_reload_and_upstream_state() -> None:
 )
 def test_sizes(n: int, shown_as: str) -> None:
     assert statuspage._size(n) == shown_as
+
+
+def test_tunnels_summed_by_client() -> None:
+    rows = statuspage.tunnels_by_client(
+        [
+            ("sensor1", 10, 100, NOW - 5),
+            (None, 1, 2, NOW - 50),
+            ("sensor1", 20, 200, NOW - 30),
+            ("jump", 7, 8, NOW - 1),
+            ("sensor1", 5, 0, NOW - 10),
+        ],
+        NOW,
+    )
+    assert rows == (
+        ClientTunnels("sensor1", 3, 35, 300, 30.0),
+        ClientTunnels("-", 1, 1, 2, 50.0),
+        ClientTunnels("jump", 1, 7, 8, 1.0),
+    )
+    assert statuspage.tunnels_by_client([], NOW) == ()
