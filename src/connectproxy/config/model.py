@@ -219,6 +219,28 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class Admin:
+    """The admin API on the metrics listener (SPEC section 7.1): served only when `token_file`
+    is set. `token` is that file's one line, read when the config is loaded, so a reload that
+    re-reads the config re-reads the token too. Never in a repr, a log line or a summary."""
+
+    token_file: Path | None = None
+    token: str | None = field(default=None, repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        return self.token is not None
+
+
+@dataclass(frozen=True)
+class Reload:
+    """What a successful SIGHUP does besides swapping the config for new requests."""
+
+    # Re-decide every open tunnel under the new config and close those it refuses.
+    close_denied: bool = False
+
+
+@dataclass(frozen=True)
 class Log:
     level: str = "info"
     format: LogFormat = "json"
@@ -252,6 +274,8 @@ class Config:
     limits: Limits = Limits()
     metrics: Metrics = Metrics()
     log: Log = Log()
+    admin: Admin = Admin()
+    reload: Reload = Reload()
     # Where this config came from ("<embedded default>" or a path), for messages.
     source: str = "<embedded default>"
     # Non-fatal findings of the loader (e.g. inline upstream password); logged at start-up.

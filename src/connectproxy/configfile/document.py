@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from connectproxy.config.model import DEFAULT_POLICY, Config, Listener, Metrics, Policy
-from connectproxy.configfile import identities, listeners, runtime
+from connectproxy.configfile import admin, identities, listeners, runtime
 from connectproxy.configfile.allow import allow_rules, policies
 from connectproxy.configfile.checker import Checker, Section, describe
 from connectproxy.configfile.destinations import destinations
@@ -36,6 +36,8 @@ TOP_KEYS = (
     "limits",
     "metrics",
     "log",
+    "admin",
+    "reload",
 )
 
 # The dataclass defaults of config.py are the defaults of every absent key.
@@ -78,8 +80,16 @@ def validate(check: Checker, data: Any, where: Where) -> Config:
         limits=top.get_or("limits", runtime.limits, _DEFAULTS.limits),
         metrics=metrics,
         log=top.get_or("log", runtime.log, _DEFAULTS.log),
+        admin=top.get_or("admin", admin.admin, _DEFAULTS.admin),
+        reload=top.get_or("reload", admin.reload, _DEFAULTS.reload),
         source=check.source,
     )
+    if config.admin.enabled and not config.metrics.enabled:
+        check.warn(
+            top.where_of("admin"),
+            "admin.token_file is set but metrics.listen is null: the admin API is served on "
+            "the metrics listener, so it is off",
+        )
     if top.get("allow") is not None:
         policy_places = {DEFAULT_POLICY: top.where_of("allow"), **policy_places}
     _warn_about_policy(check, config, policy_places)

@@ -225,6 +225,12 @@ def summarize(config: Config) -> list[str]:
         lines.append(f"metrics: http://{host}:{metrics.port}/metrics")
     else:
         lines.append("metrics: disabled")
+    # The token file's name only: the token itself is never printed.
+    if config.admin.token_file is not None:
+        lines.append(f"admin: API on the metrics listener, token from {config.admin.token_file}")
+    else:
+        lines.append("admin: off (no admin.token_file)")
+    lines.append(f"reload.close_denied: {'true' if config.reload.close_denied else 'false'}")
     log = config.log
     lines.append(
         f"log: level {log.level}, format {log.format}, "

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any, TextIO
@@ -78,6 +79,7 @@ class AccessRecord:
     policy: str | None  # the deciding policy; None before the destination step
     would_deny: bool | None  # set when the deciding policy is in report mode
     listener: str | None
+    sni: str | None  # the TLS guard's server name (SPEC section 5.1); None until it reads one
 
     def __init__(
         self,
@@ -99,6 +101,7 @@ class AccessRecord:
         policy: str | None = None,
         would_deny: bool | None = None,
         listener: str | None = None,
+        sni: str | None = None,
     ) -> None:
         self.start = start
         self.client_addr = client_addr
@@ -118,6 +121,7 @@ class AccessRecord:
         self.policy = policy
         self.would_deny = would_deny
         self.listener = listener
+        self.sni = sni
 
 
 class _Timestamps:
@@ -200,16 +204,24 @@ def _squid_line(rec: AccessRecord) -> str:
     )
 
 
+REFUSALS_KEPT = 1000  # the admin API's `GET /api/denials`
+
+
 class AccessLog:
     """Buffered writer of access records to stdout ("-") or a file.
 
     `reopen` lets log rotation work: after logrotate moves the file away, SIGHUP makes us write to
-    a fresh file at the configured path."""
+    a fresh file at the configured path.
+
+    `refusals` keeps the last `REFUSALS_KEPT` records of every outcome but `established`, oldest
+    first, for the admin API: a bounded ring, so a flood of refusals costs a fixed amount of
+    memory, and the one place every record passes through, so none is missed."""
 
     def __init__(self, log: Log, report_mode: bool = False) -> None:
         self.path = log.access_log
         self.squid = log.access_format == "squid"
         self.report_mode = report_mode
+        self.refusals: deque[AccessRecord] = deque(maxlen=REFUSALS_KEPT)
         self._lines: list[str] = []
         self._file: TextIO = self._open()
         self._timestamp = _Timestamps()
@@ -226,12 +238,22 @@ class AccessLog:
         return os.fdopen(fd, "a", encoding="utf-8")
 
     def write(self, rec: AccessRecord) -> None:
+        if rec.outcome != "established":
+            self.refusals.append(rec)
         if self.squid:
             self._append(_squid_line(rec))
         else:
             # Not through structlog's processor chain: per line, that cost more than the rest
             # of a tunnel's bookkeeping. One compact JSON object per line (test_logs.py).
             self._append(access_json(rec, self.report_mode, self._timestamp(rec.start)))
+
+    def refusals_json(self) -> str:
+        """The kept refusals as a JSON array, newest first, each object exactly its JSON
+        access-log line."""
+        stamp = _Timestamps()
+        lines = [access_json(rec, self.report_mode, stamp(rec.start)) for rec in self.refusals]
+        lines.reverse()
+        return "[" + ",".join(lines) + "]"
 
     def flush(self) -> None:
         if not self._lines:

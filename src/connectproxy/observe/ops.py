@@ -1,18 +1,62 @@
-"""The operations listener: `/metrics`, `/healthz`, `/readyz`.
+"""The operations listener: `/metrics`, `/healthz`, `/readyz`, and whatever the layers above
+plug in (the admin API, `server/admin.py`).
 
 It runs on the same event loop as the proxy on purpose: if `/healthz` answers, the loop that
 serves tunnels is responsive. `/readyz` is what a load balancer probes, so it turns 503 the moment
 draining starts, before the proxy listeners close.
+
+This module sits below the server (ARCHITECTURE.md), so it knows nothing of tunnels or tokens:
+the server's admin routes reach it as one injected `Handler`, asked for every request the three
+built-in paths do not answer. It parses just enough HTTP/1.1 for that: the request line, the
+headers, and a body of a bounded size given by Content-Length. Every answer closes the
+connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 _MAX_HEAD = 8192
+MAX_BODY = 16384  # an admin request's JSON body: a filter of a few short strings
+
+
+@dataclass(frozen=True)
+class OpsRequest:
+    """One request to the operations listener. `headers` has lowercase names; a name sent twice
+    keeps its last value. `path` is without the query string, which is in `query`."""
+
+    method: str
+    path: str
+    query: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+@dataclass(frozen=True)
+class OpsResponse:
+    status: int
+    content_type: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @staticmethod
+    def text(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> OpsResponse:
+        return OpsResponse(status, "text/plain; charset=utf-8", (message + "\n").encode(), headers)
+
+
+# The routes of the layers above: an answer, or None for "not mine" (then 404).
+Handler = Callable[[OpsRequest], OpsResponse | None]
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
 
 
 class OpsServer:
@@ -23,12 +67,14 @@ class OpsServer:
         registry: CollectorRegistry,
         ready: Callable[[], bool],
         render: Callable[[], bytes] | None = None,
+        handler: Handler | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.registry = registry
         self.ready = ready
         self.render = render or (lambda: generate_latest(self.registry))
+        self.handler = handler
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -50,16 +96,15 @@ class OpsServer:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
             if len(head) > _MAX_HEAD:
                 raise ValueError("head too large")
-            parts = head.split(b"\r\n", 1)[0].split(b" ")
-            method, path = (parts[0], parts[1].split(b"?", 1)[0]) if len(parts) == 3 else (b"", b"")
-            status, ctype, body = self._route(method, path)
-            writer.write(
-                b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
-                b"Connection: close\r\n\r\n"
-                % (status, _PHRASE.get(status, b"Error"), ctype, len(body))
-            )
-            if method != b"HEAD":
-                writer.write(body)
+            try:
+                request = await _read_request(reader, head)
+                response = self._route(request)
+                method = request.method
+            except _BadRequest as bad:
+                response, method = OpsResponse.text(bad.status, bad.message), ""
+            writer.write(_head(response))
+            if method != "HEAD":
+                writer.write(response.body)
             await writer.drain()
         except (
             OSError,
@@ -72,18 +117,71 @@ class OpsServer:
         finally:
             writer.close()
 
-    def _route(self, method: bytes, path: bytes) -> tuple[int, bytes, bytes]:
-        if method not in (b"GET", b"HEAD"):
-            return 405, b"text/plain", b"method not allowed\n"
-        if path == b"/metrics":
-            return 200, CONTENT_TYPE_LATEST.encode(), self.render()
-        if path == b"/healthz":
-            return 200, b"text/plain", b"ok\n"
-        if path == b"/readyz":
+    def _route(self, request: OpsRequest) -> OpsResponse:
+        builtin = request.path in ("/metrics", "/healthz", "/readyz")
+        if builtin and request.method not in ("GET", "HEAD"):
+            return OpsResponse.text(405, "method not allowed", (("Allow", "GET, HEAD"),))
+        if request.path == "/metrics":
+            return OpsResponse(200, CONTENT_TYPE_LATEST, self.render())
+        if request.path == "/healthz":
+            return OpsResponse.text(200, "ok")
+        if request.path == "/readyz":
             if self.ready():
-                return 200, b"text/plain", b"ready\n"
-            return 503, b"text/plain", b"not ready\n"
-        return 404, b"text/plain", b"not found\n"
+                return OpsResponse.text(200, "ready")
+            return OpsResponse.text(503, "not ready")
+        if self.handler is not None:
+            answer = self.handler(request)
+            if answer is not None:
+                return answer
+        return OpsResponse.text(404, "not found")
 
 
-_PHRASE = {200: b"OK", 404: b"Not Found", 405: b"Method Not Allowed", 503: b"Service Unavailable"}
+async def _read_request(reader: asyncio.StreamReader, head: bytes) -> OpsRequest:
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3:
+        raise _BadRequest(400, "malformed request line")
+    method, target = parts[0], parts[1]
+    path, _, query = target.partition("?")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise _BadRequest(400, "malformed header line")
+        headers[name.strip().lower()] = value.strip()
+    if "transfer-encoding" in headers:
+        raise _BadRequest(411, "send the body with a Content-Length")
+    body = b""
+    length_text = headers.get("content-length")
+    if length_text is not None:
+        if not length_text.isdigit():
+            raise _BadRequest(400, "invalid Content-Length")
+        length = int(length_text)
+        if length > MAX_BODY:
+            raise _BadRequest(413, f"request body larger than {MAX_BODY} bytes")
+        body = await asyncio.wait_for(reader.readexactly(length), timeout=5)
+    return OpsRequest(method, path, query, headers, body)
+
+
+def _head(response: OpsResponse) -> bytes:
+    extra = "".join(f"{name}: {value}\r\n" for name, value in response.headers)
+    phrase = _PHRASE.get(response.status, "Error")
+    return (
+        f"HTTP/1.1 {response.status} {phrase}\r\nContent-Type: {response.content_type}\r\n"
+        f"Content-Length: {len(response.body)}\r\n{extra}Connection: close\r\n\r\n"
+    ).encode("latin-1")
+
+
+_PHRASE = {
+    200: "OK",
+    400: "Bad Request",
+    401: "Unauthorized",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    411: "Length Required",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    503: "Service Unavailable",
+}

@@ -23,10 +23,14 @@ from connectproxy.observe.logs import AccessLog, get_logger, setup_logging
 from connectproxy.observe.metrics import Metrics
 from connectproxy.observe.ops import OpsServer
 from connectproxy.process.sdnotify import Notifier
+from connectproxy.server.admin import AdminRoutes
 from connectproxy.server.connection import Loaded
 from connectproxy.server.server import Server
+from connectproxy.server.tunnelapi import TunnelApi
 
 ConfigLoader = Callable[[], Config]
+
+CLOSED_BY_RELOAD = "closed by reload"
 
 
 def build_loaded(config: Config) -> Loaded:
@@ -78,6 +82,12 @@ class App:
         self.access_log = AccessLog(config.log, report_mode=config.report_mode)
         self.server = Server(loaded, self.metrics, self.access_log, reuse_port=role.reuse_port)
         self.ops: OpsServer | None = None
+        # The admin API's routes (SPEC section 7.1), behind the running config's token; more
+        # endpoints plug in with `admin_routes.add` before `start`.
+        self.admin_routes = AdminRoutes(lambda: self.config.admin.token)
+        TunnelApi(
+            lambda: self.server.tunnels, self.access_log, asyncio.get_running_loop().time
+        ).install(self.admin_routes)
         self.notifier = Notifier() if role.notify else Notifier({})
         self._background: list[asyncio.Task[None]] = []
 
@@ -93,6 +103,7 @@ class App:
                 self.registry,
                 ready=lambda: self.ready,
                 render=self._render_metrics,
+                handler=self.admin_routes,
             )
             await self.ops.start()
         loop = asyncio.get_running_loop()
@@ -157,6 +168,9 @@ class App:
             self.log.warning("metrics.listen changes take effect on restart")
         for warning in config.warnings:
             self.log.warning("config warning", detail=warning)
+        if config.reload.close_denied:
+            closed = self.server.tunnels.close_refused(config, CLOSED_BY_RELOAD)
+            self.log.info("open tunnels decided again", closed=closed)
         if self.role.count_reloads:
             self.metrics.reloaded("success")
         self.log.info("config reloaded", config=config.source)

@@ -36,7 +36,7 @@ from connectproxy.outcome import Outcome, Refusal
 from connectproxy.policy.decide import Credentials, Source, decide
 from connectproxy.server.limits import TOO_MANY_FROM_SOURCE, SourceCounts, overloaded
 from connectproxy.server.listening import Listening
-from connectproxy.server.tunnels import Tunnels
+from connectproxy.server.tunnels import Admission, Tunnels
 from connectproxy.wire import proxyproto
 from connectproxy.wire.http import Request, RequestError, parse_basic_credentials, take_request
 from connectproxy.wire.responses import (
@@ -187,6 +187,7 @@ class Flow:
                 len(early),
                 len(dialed.early),
                 ended,
+                Admission(target, source, credentials, config),
             )
             handed_over = True  # the tunnel owns both sockets now, and calls `ended` at its end
         except Refusal as refused:

@@ -1,5 +1,9 @@
 """The open tunnels: started after the 200, their live byte counts fed to the metrics, closed on
 shutdown. The record step of the data path (ARCHITECTURE.md) happens here when a tunnel ends.
+
+`Tunnels.active` is also the registry the admin API lists and closes from (server/admin.py):
+each open tunnel under a numeric id, with its access record (who, where, which policy) and what
+its admission was decided on, so a reload with `reload.close_denied` can decide it again.
 """
 
 from __future__ import annotations
@@ -9,25 +13,73 @@ import socket
 import time
 from collections.abc import Callable
 
+from connectproxy.config.model import Config
 from connectproxy.net.busypoll import BusyPoll
 from connectproxy.observe.logs import AccessRecord
 from connectproxy.observe.metrics import ClientSeries, Metrics
+from connectproxy.policy.decide import Credentials, Source, decide
 from connectproxy.tunnel.pipes import PipePool
 from connectproxy.tunnel.poller import Poller
 from connectproxy.tunnel.splice import CHUNK, Tunnel, splice_available
+from connectproxy.wire.http import Target
 
 BYTES_FLUSH_INTERVAL = 2.0  # seconds between moves of live tunnel byte counts into metrics
 
 
-class _Active:
-    """A running tunnel and how much of its byte counts has reached the metrics.
+class Admission:
+    """What a tunnel's admission was decided on: the target, the client as admission saw it,
+    and the credentials that were accepted. The password is not kept, so a later decision
+    cannot check it again; it keeps the `users` entry's hash instead, so a reload that changes
+    that user's password counts as refusing the tunnel."""
+
+    __slots__ = ("credentials", "password_hash", "source", "target")
+
+    def __init__(
+        self, target: Target, source: Source, credentials: Credentials | None, config: Config
+    ) -> None:
+        self.target = target
+        self.source = source
+        self.credentials = credentials
+        found = None if credentials is None else config.users_by_name.get(credentials.user)
+        self.password_hash = None if found is None else found.password_hash
+
+    def allowed_by(self, config: Config) -> bool:
+        """Whether `config` would let this tunnel open now (`reload.close_denied`)."""
+        credentials = self.credentials
+        if credentials is not None:
+            found = config.users_by_name.get(credentials.user)
+            if found is None:
+                # Not in `users`: only an htpasswd file can still admit the name (decide takes
+                # every other name for one of its users, SPEC section 3).
+                if self.password_hash is not None or config.htpasswd_file is None:
+                    return False
+            elif found.password_hash != self.password_hash:
+                return False
+        return decide(self.target, self.source, credentials, config).allowed
+
+
+class OpenTunnel:
+    """A running tunnel, what the admin API shows of it, and how much of its byte counts has
+    reached the metrics.
 
     A plain class, one per tunnel: compiled (setup.py), a dataclass's generated __init__ would
     run interpreted."""
 
-    def __init__(self, tunnel: Tunnel, series: ClientSeries) -> None:
+    def __init__(
+        self,
+        tunnel_id: int,
+        tunnel: Tunnel,
+        series: ClientSeries,
+        rec: AccessRecord,
+        admission: Admission,
+        started: float,
+    ) -> None:
+        self.id = tunnel_id
         self.tunnel = tunnel
         self.series = series
+        self.rec = rec
+        self.admission = admission
+        self.started = started  # wall-clock time of the 200
         self.flushed_up = 0
         self.flushed_down = 0
 
@@ -45,7 +97,8 @@ class Tunnels:
         self.pipes = PipePool() if splice_available else None
         self.io = Poller(loop)
         self.buffer = memoryview(bytearray(CHUNK))
-        self.active: set[_Active] = set()
+        self.active: dict[int, OpenTunnel] = {}  # by id, in the order they opened
+        self._last_id = 0
         self._flusher = loop.call_later(BYTES_FLUSH_INTERVAL, self._flush_bytes_tick)
 
     def start(
@@ -58,6 +111,7 @@ class Tunnels:
         early_up: int,
         early_down: int,
         connection_ended: Callable[[], None],
+        admission: Admission,
     ) -> None:
         """The tunnel runs on the poller's callbacks; no task waits for it. When it closes, its
         figures go to the metrics and the access record, and then `connection_ended` runs.
@@ -77,13 +131,15 @@ class Tunnels:
         tunnel.upstream.count = early_up
         tunnel.downstream.count = early_down
         series = self.metrics.client(label)
-        active = _Active(tunnel, series)
-        self.active.add(active)
+        self._last_id += 1
+        tunnel_id = self._last_id
+        active = OpenTunnel(tunnel_id, tunnel, series, rec, admission, time.time())
+        self.active[tunnel_id] = active
         self.metrics.tunnel_opened(series)
         started = time.perf_counter()
 
         def tunnel_ended() -> None:
-            self.active.discard(active)
+            del self.active[tunnel_id]
             self.metrics.tunnel_closed(series)
             self._flush_bytes(active)
             self.metrics.tunnel_lasted(time.perf_counter() - started)
@@ -97,10 +153,27 @@ class Tunnels:
 
     def fail_all(self, reason: str) -> None:
         """Close every open tunnel now, with `reason` as its access-log error."""
-        for active in list(self.active):
+        for active in list(self.active.values()):
             active.tunnel.fail(reason)
 
-    def _flush_bytes(self, active: _Active) -> None:
+    def close_matching(self, wanted: Callable[[OpenTunnel], bool], reason: str) -> int:
+        """Close every open tunnel `wanted` picks, with `reason` as its access-log error (the
+        outcome stays `established`); how many were closed."""
+        chosen = [active for active in self.active.values() if wanted(active)]
+        for active in chosen:
+            active.tunnel.fail(reason)
+        return len(chosen)
+
+    def close_refused(self, config: Config, reason: str) -> int:
+        """Decide every open tunnel again under `config` and close those it now refuses: how
+        `reload.close_denied` applies a narrower policy to tunnels already open."""
+
+        def refused(active: OpenTunnel) -> bool:
+            return not active.admission.allowed_by(config)
+
+        return self.close_matching(refused, reason)
+
+    def _flush_bytes(self, active: OpenTunnel) -> None:
         tunnel = active.tunnel
         up, down = tunnel.bytes_client_to_server, tunnel.bytes_server_to_client
         if up > active.flushed_up or down > active.flushed_down:
@@ -110,7 +183,7 @@ class Tunnels:
             active.flushed_up, active.flushed_down = up, down
 
     def _flush_bytes_tick(self) -> None:
-        for active in self.active:
+        for active in self.active.values():
             self._flush_bytes(active)
         self._flusher = self.loop.call_later(BYTES_FLUSH_INTERVAL, self._flush_bytes_tick)
 
