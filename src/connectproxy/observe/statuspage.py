@@ -41,6 +41,7 @@ th, td { text-align: left; padding: .25em .6em; border-bottom: 1px solid var(--l
   vertical-align: top; overflow-wrap: anywhere; }
 th { background: #f3f5f7; font-weight: 600; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.outcome { white-space: nowrap; }
 tfoot td { font-weight: 600; border-bottom: none; }
 dl { display: grid; grid-template-columns: max-content 1fr; gap: .2em 1.2em; margin: 0; }
 dt { color: #5a6270; }
@@ -62,8 +63,9 @@ CONTENT_SECURITY_POLICY = (
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 
+CONTENT_TYPE = "text/html; charset=utf-8"
+# Sent with the page besides its Content-Type.
 HEADERS: tuple[tuple[str, str], ...] = (
-    ("Content-Type", "text/html; charset=utf-8"),
     ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
     ("X-Content-Type-Options", "nosniff"),
     ("X-Frame-Options", "DENY"),
@@ -226,7 +228,7 @@ def _refusals(rows: tuple[RefusalCount, ...], window_s: float) -> str:
     if not rows:
         return head + _empty(4, "no refusals")
     body = "".join(
-        f'<tr><td class="client">{_text(row.who)}</td><td>{_text(row.outcome)}</td>'
+        f'<tr><td class="client">{_text(row.who)}</td><td class="outcome">{_text(row.outcome)}</td>'
         f'<td>{_text(row.reason)}</td><td class="num">{row.count:,}</td></tr>\n'
         for row in rows
     )
