@@ -165,7 +165,7 @@ def test_the_page_loads_nothing_and_carries_no_script_or_inline_style() -> None:
 
 def test_the_answer_headers() -> None:
     headers = dict(statuspage.HEADERS)
-    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert statuspage.CONTENT_TYPE == "text/html; charset=utf-8"
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert headers["Referrer-Policy"] == "no-referrer"
     assert headers["Cache-Control"] == "no-store"
