@@ -22,6 +22,7 @@ from connectproxy.configfile.summary import summarize
 from connectproxy.credentials.passwords import hash_password
 from connectproxy.policy.decide import Credentials, Source, decide, usable_addresses
 from connectproxy.process.doctor_cli import add_doctor_parser
+from connectproxy.process.tunnels_cli import add_tunnels_parser
 from connectproxy.wire.http import RequestError, parse_target
 
 
@@ -228,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     p.set_defaults(func=cmd_import_squid)
 
+    add_tunnels_parser(sub)
     add_doctor_parser(sub)
     return parser
 
