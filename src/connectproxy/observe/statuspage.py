@@ -29,6 +29,9 @@ from connectproxy.observe.refusals import RefusalCount
 
 REFRESH_SECONDS = 5
 MAX_SHOWN = 120  # characters of one value; the rest is elided (a user name can be 8 KiB)
+# Rows of the refusal table; the rest are summed in one line. The counts keep up to ~15,000
+# rows an hour under a flood of made-up names, too many for a page that reloads every 5 s.
+MAX_REFUSAL_ROWS = 100
 
 STYLE = """
 :root { color-scheme: light; --ok: #1b7f3b; --bad: #b3261e; --warn: #8a5a00; --line: #d0d4da; }
@@ -230,9 +233,17 @@ def _refusals(rows: tuple[RefusalCount, ...], window_s: float) -> str:
     body = "".join(
         f'<tr><td class="client">{_text(row.who)}</td><td class="outcome">{_text(row.outcome)}</td>'
         f'<td>{_text(row.reason)}</td><td class="num">{row.count:,}</td></tr>\n'
-        for row in rows
+        for row in rows[:MAX_REFUSAL_ROWS]
     )
-    return f"{head}<tbody>\n{body}</tbody>\n</table>\n"
+    rest = rows[MAX_REFUSAL_ROWS:]
+    foot = ""
+    if rest:
+        foot = (
+            f'<tfoot><tr><td colspan="3">{len(rest):,} more rows, each refused less often '
+            "(<code>GET /api/denials</code> has the latest refusals)</td>"
+            f'<td class="num">{sum(row.count for row in rest):,}</td></tr></tfoot>\n'
+        )
+    return f"{head}<tbody>\n{body}</tbody>\n{foot}</table>\n"
 
 
 def _upstreams(strategy: str | None, rows: tuple[UpstreamState, ...]) -> str:

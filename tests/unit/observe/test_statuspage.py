@@ -259,3 +259,16 @@ def test_tunnels_summed_by_client() -> None:
         ClientTunnels("jump", 1, 7, 8, 1.0),
     )
     assert statuspage.tunnels_by_client([], NOW) == ()
+
+
+def test_the_refusal_table_shows_the_most_refused_rows_and_sums_the_rest() -> None:
+    rows = tuple(
+        RefusalCount(f"user{i} from 10.0.0.1", "auth_failed", "invalid proxy credentials", 500 - i)
+        for i in range(150)
+    )
+    page = Page(render(snapshot(refusals=rows)))
+    shown = [a for t, a in page.tags if t == "td" and a.get("class") == "outcome"]
+    assert len(shown) == statuspage.MAX_REFUSAL_ROWS
+    assert "user99 from" in page.all_text and "user100 from" not in page.all_text
+    assert "50 more rows" in page.all_text
+    assert f"{sum(500 - i for i in range(100, 150)):,}" in page.all_text
