@@ -33,11 +33,13 @@ def admin(check: Checker, value: Any, where: Where) -> Admin:
     name = repr(str(path))
     if not token:
         raise check.error(item[1], f"{name} is empty; write a token of at least 32 characters")
-    if any(ch.isspace() or not ch.isprintable() for ch in token):
+    if any(ch.isspace() or not ch.isprintable() or not ch.isascii() for ch in token):
+        # ASCII: an HTTP header carries it, and a browser's Basic login encodes anything else
+        # in ways that differ.
         raise check.error(
             item[1],
-            f"{name} must hold one line of one word: the token, without spaces or control "
-            "characters (one trailing newline is fine)",
+            f"{name} must hold one line of one word: the token, in printable ASCII without "
+            "spaces (one trailing newline is fine)",
         )
     if len(token) < MIN_TOKEN_LENGTH:
         raise check.error(

@@ -54,6 +54,7 @@ def test_token_is_read_relative_to_the_config_with_one_newline_stripped(tmp_path
         (TOKEN + "\n" + TOKEN + "\n", "one line of one word"),
         (TOKEN[:20] + " " + TOKEN, "one line of one word"),
         (TOKEN + "\x07", "one line of one word"),
+        (TOKEN + "é", "printable ASCII"),
     ],
 )
 def test_a_bad_token_is_a_config_error_naming_file_key_and_line(
