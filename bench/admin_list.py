@@ -329,6 +329,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "body_kib": round(listings[-1][3] / 1024, 1),
             "list_ms_p50": round(statistics.median(took_ms), 1),
             "list_ms_max": round(max(took_ms), 1),
+            "list_ms_first": round(took_ms[0], 1),  # the one that formats every fixed field
+            "list_ms_each": [round(ms, 1) for ms in took_ms],
             "probe_rtt_ms_baseline_p50": round(_percentile(quiet_rtt, 0.5) * 1000, 2),
             "probe_rtt_ms_baseline_max": round(max(quiet_rtt, default=0.0) * 1000, 2),
             "probe_rtt_ms_during_listing_max": round(max(busy_rtt, default=0.0) * 1000, 2),

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from connectproxy.observe.logs import get_logger
+
 _MAX_HEAD = 8192
 MAX_BODY = 16384  # an admin request's JSON body: a filter of a few short strings
 
@@ -130,7 +132,11 @@ class OpsServer:
                 return OpsResponse.text(200, "ready")
             return OpsResponse.text(503, "not ready")
         if self.handler is not None:
-            answer = self.handler(request)
+            try:
+                answer = self.handler(request)
+            except Exception as exc:  # a bug in one route must not leave a request unanswered
+                get_logger().error("ops request failed", path=request.path, error=repr(exc))
+                return OpsResponse.text(500, "internal error")
             if answer is not None:
                 return answer
         return OpsResponse.text(404, "not found")
@@ -183,5 +189,6 @@ _PHRASE = {
     411: "Length Required",
     413: "Content Too Large",
     415: "Unsupported Media Type",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }

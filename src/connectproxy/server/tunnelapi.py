@@ -53,8 +53,8 @@ class TunnelApi:
         ten times more."""
         now = self.now()
         fixed = self._fixed
-        rows = []
-        seen = {}
+        rows: list[str] = []
+        seen: dict[int, tuple[str | None, str]] = {}
         for tunnel_id, active in self.tunnels().active.items():
             rec, tunnel = active.rec, active.tunnel
             known = fixed.get(tunnel_id)

@@ -48,13 +48,20 @@ class Admission:
         credentials = self.credentials
         if credentials is not None:
             found = config.users_by_name.get(credentials.user)
-            if found is None:
-                # Not in `users`: only an htpasswd file can still admit the name (decide takes
-                # every other name for one of its users, SPEC section 3).
-                if self.password_hash is not None or config.htpasswd_file is None:
+            if found is not None:
+                if found.password_hash != self.password_hash:
+                    return False  # its password changed
+            elif config.htpasswd_file is not None:
+                # Only the htpasswd file can still admit the name, but not a `users` entry's
+                # password: that entry is gone.
+                if self.password_hash is not None:
                     return False
-            elif found.password_hash != self.password_hash:
-                return False
+            elif config.users:
+                return False  # no longer a user
+            else:
+                # Nothing left to check credentials against: a new request's would be ignored
+                # and its network alone decide.
+                credentials = None
         return decide(self.target, self.source, credentials, config).allowed
 
 

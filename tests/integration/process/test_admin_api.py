@@ -373,7 +373,9 @@ def test_close_denied_ends_the_tunnels_of_a_removed_user(
     user = tunnel(proxy.port, f"{SENSOR}:{origin.port}", headers=alice())
     other = tunnel(proxy.port, f"{SENSOR}:{origin.port}")
     narrowed = copy.deepcopy(proxy.config)
-    narrowed["users"] = []
+    # Another user stays, so credentials are still checked (with none left they would be
+    # ignored, and the network alone would admit the client again).
+    narrowed["users"] = [{"name": "bob", "password_hash": PASSWORD_HASH}]
     proxy.write_config(narrowed)
     proxy.signal(signal.SIGHUP)
     wait_for_metric(proxy, RELOADS, 1, result="success")
