@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_string
 from typing import Any, TextIO
@@ -222,6 +223,9 @@ class AccessLog:
         self.squid = log.access_format == "squid"
         self.report_mode = report_mode
         self.refusals: deque[AccessRecord] = deque(maxlen=REFUSALS_KEPT)
+        # Told of every refusal as it is written: the status page's counts of the last hour,
+        # which must see each one, not only the last thousand.
+        self.on_refusal: Callable[[AccessRecord], None] | None = None
         self._lines: list[str] = []
         self._file: TextIO = self._open()
         self._timestamp = _Timestamps()
@@ -240,6 +244,8 @@ class AccessLog:
     def write(self, rec: AccessRecord) -> None:
         if rec.outcome != "established":
             self.refusals.append(rec)
+            if self.on_refusal is not None:
+                self.on_refusal(rec)
         if self.squid:
             self._append(_squid_line(rec))
         else:

@@ -269,6 +269,16 @@ class Metrics:
         "upstream")."""
         self.upstream_failures.labels(upstream).inc()
 
+    def upstream_failure_counts(self) -> dict[str, int]:
+        """Failed attempts per upstream since start, the figures /metrics shows (the status
+        page reads them here rather than keep a second count)."""
+        counts: dict[str, int] = {}
+        for family in self.upstream_failures.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    counts[sample.labels["upstream"]] = int(sample.value)
+        return counts
+
     def readiness(self, ready: bool) -> None:
         """What /readyz answers now; called just before /metrics is rendered."""
         self.ready.set(1 if ready else 0)

@@ -23,6 +23,7 @@ from connectproxy.observe.logs import AccessLog, get_logger, setup_logging
 from connectproxy.observe.metrics import Metrics
 from connectproxy.observe.ops import OpsServer
 from connectproxy.process.sdnotify import Notifier
+from connectproxy.process.status import StatusPage
 from connectproxy.server.admin import AdminRoutes
 from connectproxy.server.connection import Loaded
 from connectproxy.server.server import Server
@@ -88,6 +89,9 @@ class App:
         TunnelApi(
             lambda: self.server.tunnels, self.access_log, asyncio.get_running_loop().time
         ).install(self.admin_routes)
+        self.status_page = StatusPage(self.server, self.metrics, lambda: self.ready)
+        self.status_page.install(self.admin_routes)
+        self.access_log.on_refusal = self.status_page.refused
         self.notifier = Notifier() if role.notify else Notifier({})
         self._background: list[asyncio.Task[None]] = []
 
@@ -154,6 +158,7 @@ class App:
             if self.role.count_reloads:
                 self.metrics.reloaded("failure")
             self.log.error("config reload failed; keeping the running config", error=str(exc))
+            self.status_page.reloaded(False, str(exc))
             self.notifier.ready("reload failed; running the previous config")
             return
         old = self.config
@@ -174,6 +179,7 @@ class App:
         if self.role.count_reloads:
             self.metrics.reloaded("success")
         self.log.info("config reloaded", config=config.source)
+        self.status_page.reloaded(True)
         self.notifier.ready(self._status())
 
     async def run_until_stopped(self) -> None:

@@ -379,6 +379,16 @@ def test_without_a_running_loop_changes_apply_at_once() -> None:
     assert _sample(registry, "connectproxy_requests_total", outcome="bad_request") == 1
 
 
+def test_upstream_failure_counts_are_what_the_scrape_shows() -> None:
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    assert metrics.upstream_failure_counts() == {}
+    for name in ("http://a:8080", "http://b:8080", "http://a:8080"):
+        metrics.upstream_failed(name)
+    assert metrics.upstream_failure_counts() == {"http://a:8080": 2, "http://b:8080": 1}
+    assert _sample(registry, "connectproxy_upstream_failures_total", upstream="http://a:8080") == 2
+
+
 def _histogram(registry: CollectorRegistry) -> dict[str, float]:
     """Bucket, count and sum samples by name and bound (`_created` is a time: left out)."""
     return {
