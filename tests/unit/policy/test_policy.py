@@ -217,7 +217,9 @@ def test_credentials_ignored_when_no_users_are_configured() -> None:
         assert_denied(decide(GOOD, OUTSIDE, credentials, no_users), 407, "auth_required")
     with_file = replace(no_users, htpasswd_file=Path("/nonexistent/htpasswd"))
     assert with_file.checks_credentials
-    assert_denied(decide(GOOD, ADMITTED, Credentials("alice", False), with_file), 407, "auth_failed")
+    assert_denied(
+        decide(GOOD, ADMITTED, Credentials("alice", False), with_file), 407, "auth_failed"
+    )
 
 
 def test_unknown_user_with_invalid_credentials() -> None:
