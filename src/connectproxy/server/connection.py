@@ -288,9 +288,7 @@ async def _read_request(sock: socket.socket, config: Config) -> tuple[Request, b
             return taken
 
 
-async def _credentials(
-    request: Request, auth: Authenticator, config: Config
-) -> Credentials | None:
+async def _credentials(request: Request, auth: Authenticator, config: Config) -> Credentials | None:
     """The request's Basic credentials, checked; None when it sent none or when the config has
     no users to check them against (then they are ignored: `decide.admit`)."""
     value = request.proxy_authorization
