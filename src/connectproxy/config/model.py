@@ -69,8 +69,7 @@ class Policy:
     domains: tuple[DomainPattern, ...] = ()
     networks: tuple[IPNetwork, ...] = ()
     mode: AllowMode = "enforce"
-    # Parsed and carried here; what it does is the TLS guard's (SPEC section 5.1). Until then
-    # the config loader refuses every value but "off".
+    # The TLS guard's check of the tunnel's first bytes (SPEC section 5.1, policy/tlsguard.py).
     tls: TLSMode = "off"
     domain_index: DomainIndex = field(init=False, repr=False, compare=False)
     network_set: NetworkSet = field(init=False, repr=False, compare=False)
@@ -259,6 +258,9 @@ class Config:
     users_by_name: Mapping[str, User] = field(init=False, repr=False, compare=False)
     # Whether any policy is in report mode: then every access line carries `would_deny`.
     report_mode: bool = field(init=False, repr=False, compare=False)
+    # Whether any policy has a TLS guard: then every access line carries sni, tls_version, alpn
+    # and ja4 (SPEC 5.1).
+    tls_guard: bool = field(init=False, repr=False, compare=False)
     # Admission's indexes of `clients`, by position: the first client holding a source network,
     # the first listing a certificate name.
     client_networks: NetworkIndex = field(init=False, repr=False, compare=False)
@@ -279,6 +281,8 @@ class Config:
         object.__setattr__(self, "policies", MappingProxyType(policies))
         report_mode = any(policy.mode == "report" for policy in policies.values())
         object.__setattr__(self, "report_mode", report_mode)
+        tls_guard = any(policy.tls != "off" for policy in policies.values())
+        object.__setattr__(self, "tls_guard", tls_guard)
         for kind, identities in (("client", self.clients), ("user", self.users)):
             for identity in identities:
                 for name in identity.policies:

@@ -75,7 +75,9 @@ class App:
         self.stopping = asyncio.Event()
         self.ready = False
         self.metrics = Metrics(registry)
-        self.access_log = AccessLog(config.log, report_mode=config.report_mode)
+        self.access_log = AccessLog(
+            config.log, report_mode=config.report_mode, tls_guard=config.tls_guard
+        )
         self.server = Server(loaded, self.metrics, self.access_log, reuse_port=role.reuse_port)
         self.ops: OpsServer | None = None
         self.notifier = Notifier() if role.notify else Notifier({})
@@ -150,6 +152,7 @@ class App:
         self.server.swap_config(loaded)
         self.server.update_listeners(config.listen)
         self.access_log.report_mode = config.report_mode
+        self.access_log.tls_guard = config.tls_guard
         self.access_log.reopen()
         if old.log != config.log:
             setup_logging(config.log)
