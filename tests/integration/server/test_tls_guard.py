@@ -37,7 +37,9 @@ from tests.support import (
     metric,
     open_tunnel_with_early_data,
     read_exactly,
+    read_head,
     status_of,
+    tls_proxy,
 )
 from tests.unit.wire.hellos import extension, hello_message, records, reframe, sni, versions
 
@@ -612,3 +614,46 @@ def test_versions_of_the_record_layer(make_proxy: ProxyFactory, echo: EchoOrigin
     records_ = proxy.access_records(expect=3)
     assert [r["outcome"] for r in records_] == ["established", "established", "tls_refused"]
     assert records_[2]["error"] == "not TLS"
+
+
+# ---- an HTTPS-proxy listener (TLS from the client to the proxy) ----------------------------------
+
+
+def test_the_guard_reads_the_inner_hello_on_a_tls_listener(
+    make_proxy: ProxyFactory,
+    https_origin: HTTPSOrigin,
+    ca_file: Path,
+    server_cert: tuple[Path, Path],
+    echo: EchoOrigin,
+) -> None:
+    """On a `tls` listener the ClientHello to check is the one inside the proxy's own TLS:
+    curl's to the origin passes; another name, sent inside the same kind of connection, does
+    not."""
+    config = guarded(https_origin.port)
+    config["allow"]["ports"].append(echo.port)
+    proxy = tls_proxy(make_proxy, config, server_cert)
+    result = curl(
+        "--proxy",
+        f"https://127.0.0.1:{proxy.port}",
+        "--proxy-cacert",
+        str(ca_file),
+        "--cacert",
+        str(ca_file),
+        f"https://{SENSOR}:{https_origin.port}/",
+    )
+    assert result.returncode == 0, result.stderr + proxy.stderr()
+    assert result.stdout == "hello from the origin\n"
+
+    ctx = ssl.create_default_context(cafile=str(ca_file))
+    raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+    with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as outer:
+        target = f"{SENSOR}:{echo.port}"
+        outer.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+        assert read_head(outer).startswith(b"HTTP/1.1 200 ")
+        outer.sendall(python_hello("other.host"))
+        with contextlib.suppress(ConnectionResetError, ssl.SSLError):
+            assert outer.recv(65536) == b""
+    good, bad = proxy.access_records(expect=2)
+    assert good["outcome"] == "established" and good["sni"] == SENSOR
+    assert bad["outcome"] == "tls_refused" and bad["sni"] == "other.host"
+    assert echo.wait_ended(1) == [b""]
