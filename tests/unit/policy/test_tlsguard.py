@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from connectproxy.config.model import TLSMode
 from connectproxy.policy.tlsguard import (
@@ -197,3 +199,53 @@ def test_the_seen_fields() -> None:
 
 def test_reasons_are_the_metric_label_values() -> None:
     assert set(REASONS) == {"not_tls", "incomplete", "no_sni", "sni_mismatch", "timeout"}
+
+
+# --- properties -------------------------------------------------------------------------------
+
+SEED = tls13(HOST.encode())
+
+
+def guard_loop(mode: TLSMode, data: bytes, read_size: int) -> Verdict | NeedMore:
+    """What the flow does (server/connection.py, Flow._guard): judge the first read, then judge
+    again only once the buffer holds what the last NeedMore asked for, or the limit."""
+    needed = 1
+    result: Verdict | NeedMore = NeedMore(1)
+    for end in [*range(read_size, len(data), read_size), len(data)]:
+        if end < needed and end < HELLO_LIMIT:
+            continue
+        result = judge(mode, HOST, False, data[:end])
+        if isinstance(result, Verdict):
+            return result
+        needed = result.needed
+    return result
+
+
+def truncated_seed(cut: int, tail: bytes) -> bytes:
+    return SEED[:cut] + tail
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.binary(max_size=400)
+    | st.builds(truncated_seed, st.integers(0, len(SEED)), st.binary(max_size=40)),
+    st.integers(1, 64),
+    st.sampled_from(["eof", "timeout"]),
+)
+def test_judging_only_when_enough_has_come_decides_as_judging_every_read(
+    data: bytes, read_size: int, ended: str
+) -> None:
+    """Skipping the parses a NeedMore says are useless never changes the verdict (at most
+    delays it to the end of the bytes), and judge answers every input in every mode."""
+
+    def final(mode: TLSMode, result: Verdict | NeedMore) -> tuple[str | None, str | None]:
+        if isinstance(result, NeedMore):  # the flow reads on, then judges at eof or timeout
+            result = judge(mode, HOST, False, data, ended)  # type: ignore[arg-type]
+        assert isinstance(result, Verdict)
+        return result.reason, result.error
+
+    for mode in GUARDS:
+        whole = final(mode, judge(mode, HOST, False, data))
+        assert final(mode, guard_loop(mode, data, read_size)) == whole
+        if len(data) < 200:
+            assert final(mode, guard_loop(mode, data, 1)) == whole
