@@ -33,6 +33,9 @@ from .settings import (
     Settings,
 )
 
+# The targets `--scenario instructions` can count: one connectproxy process each.
+SINGLE_PROCESS = ("connectproxy", LARGE, TLS_GUARD)
+
 
 def parse_size(text: str) -> int:
     """'4G', '512M', '1e9' or a plain count of bytes (binary units: G = 2**30)."""
@@ -178,11 +181,14 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     if a.scenario == INSTRUCTIONS:
         if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
             p.error("--scenario instructions needs valgrind (apt-get install -y valgrind)")
-        if names != ["connectproxy"] or a.workers is not None:
+        if len(names) != 1 or names[0] not in SINGLE_PROCESS or a.workers is not None:
             # A process that sleeps (Squid's master in waitpid, our supervisor with --workers)
             # never takes callgrind's command to start counting: only a single connectproxy
-            # process can be measured this way.
-            p.error("--scenario instructions measures one connectproxy process (no --workers)")
+            # process can be measured this way (on the small, the large or the guarded config).
+            p.error(
+                "--scenario instructions measures one connectproxy process (no --workers): "
+                f"give --proxies one of {', '.join(SINGLE_PROCESS)}"
+            )
     if a.scenario == SYSCALLS:
         if shutil.which("strace") is None:
             p.error("--scenario syscalls needs strace (apt-get install -y strace)")

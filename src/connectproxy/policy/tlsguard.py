@@ -21,7 +21,6 @@ from __future__ import annotations
 from typing import Final, Literal
 
 from connectproxy.config.model import TLSMode
-from connectproxy.wire.hostnames import normalise_hostname
 from connectproxy.wire.tlshello import ClientHello, ClientHelloError, NeedMore, ja4
 from connectproxy.wire.tlshello import parse_client_hello as _parse
 
@@ -165,13 +164,13 @@ def _refuse(mode: TLSMode, seen: HelloSeen, reason: TLSReason, error: str) -> Ve
     return Verdict(seen, reason, error)
 
 
-def _normalised(name: str) -> str | None:
-    """The server_name as section 4 step 3 normalises a host (lowercase, one trailing dot
-    dropped); None if it is no valid host name, which then matches no CONNECT host."""
-    try:
-        return normalise_hostname(name)
-    except ValueError:
-        return None
+def _normalised(name: str) -> str:
+    """The server_name as section 4 step 3 normalises a host: lowercase, one trailing dot
+    dropped. Not checked for validity: it is only compared with the CONNECT host, which the
+    request parser has checked, so an invalid name can never equal it (the parser's check,
+    wire/hostnames.py, costs a regular expression per tunnel here for nothing)."""
+    lowered = name.lower()  # the parser admits printable ASCII only: no Unicode case rules
+    return lowered[:-1] if lowered.endswith(".") else lowered
 
 
 def _shown(name: str) -> str:

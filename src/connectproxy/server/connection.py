@@ -56,6 +56,8 @@ from connectproxy.wire.responses import (
 )
 from connectproxy.wire.tlshello import NeedMore
 
+_HELLO_READ = 16384 + 5  # a largest TLS record with its header
+
 
 @dataclass(frozen=True)
 class Loaded:
@@ -260,10 +262,13 @@ class Flow:
         needed = verdict.needed if isinstance(verdict, NeedMore) else 1
         ended: Ended = None
         if not isinstance(verdict, Verdict):
+            self.tunnels.busy_poll.expect()  # the client's hello follows the 200 at once
             try:
                 with self.deadlines.limit(task, config.timeouts.handshake):
                     while True:
-                        chunk = await recv(sock, HELLO_LIMIT - len(buf))
+                        # One TLS record's worth a read (a fresh 64 KiB buffer per read would
+                        # cost more than a real hello's bytes); the limit caps the last one.
+                        chunk = await recv(sock, min(_HELLO_READ, HELLO_LIMIT - len(buf)))
                         if not chunk:
                             ended = "eof"
                             break
