@@ -112,6 +112,33 @@ class Verdict:
         return f"Verdict({self.reason or 'pass'}: {self.error!r}, {self.seen!r})"
 
 
+# JA4 by what it is computed from. A site's clients are a handful of TLS stacks, each sending
+# the same suites, extensions and signature algorithms every time, and computing the fingerprint
+# (filtering, sorting, spelling and hashing three lists) cost as much as reading the hello. Kept
+# small and emptied when full, so hellos that differ every time (a browser's random GREASE and
+# extension order) cost one failed lookup and cannot grow it.
+_JA4_CACHE: dict[tuple[object, ...], str] = {}
+_JA4_CACHE_SIZE: Final = 256
+
+
+def _ja4_of(hello: ClientHello) -> str:
+    alpn = hello.alpn
+    key = (
+        hello.version,
+        alpn[0] if alpn else None,
+        hello.cipher_suites,
+        hello.extensions,
+        hello.signature_algorithms,
+    )
+    found = _JA4_CACHE.get(key)
+    if found is None:
+        found = ja4(hello)
+        if len(_JA4_CACHE) >= _JA4_CACHE_SIZE:
+            _JA4_CACHE.clear()
+        _JA4_CACHE[key] = found
+    return found
+
+
 def seen_of(hello: ClientHello) -> HelloSeen:
     """The access log's fields of a complete ClientHello."""
     alpn = ",".join([p.decode("ascii", "backslashreplace") for p in hello.alpn])
@@ -119,7 +146,7 @@ def seen_of(hello: ClientHello) -> HelloSeen:
         sni=_shown(hello.server_name) if hello.server_name is not None else None,
         tls_version=hello.version_text,
         alpn=alpn or None,
-        ja4=ja4(hello),
+        ja4=_ja4_of(hello),
     )
 
 

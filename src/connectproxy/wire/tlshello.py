@@ -113,7 +113,11 @@ class NeedMore:
     needed: int
 
 
-@dataclass(frozen=True, slots=True)
+# `init=False` and an __init__ of our own: compiled (setup.py), a dataclass's generated __init__
+# stays interpreted, and a frozen one sets each field through object.__setattr__; that was a
+# quarter of reading a hello, once per guarded tunnel. Not frozen for the same reason; nothing
+# changes a hello after it is made, and the dataclass still gives equality, repr and `replace`.
+@dataclass(slots=True, init=False)
 class ClientHello:
     """What a complete ClientHello offers, with every list in the order the client sent it.
 
@@ -139,6 +143,30 @@ class ClientHello:
     supported_versions: tuple[int, ...]
     ech: bool
     length: int
+
+    def __init__(
+        self,
+        legacy_version: int,
+        version: int,
+        server_name: str | None,
+        alpn: tuple[bytes, ...],
+        cipher_suites: tuple[int, ...],
+        extensions: tuple[int, ...],
+        signature_algorithms: tuple[int, ...],
+        supported_versions: tuple[int, ...],
+        ech: bool,
+        length: int,
+    ) -> None:
+        self.legacy_version = legacy_version
+        self.version = version
+        self.server_name = server_name
+        self.alpn = alpn
+        self.cipher_suites = cipher_suites
+        self.extensions = extensions
+        self.signature_algorithms = signature_algorithms
+        self.supported_versions = supported_versions
+        self.ech = ech
+        self.length = length
 
     @property
     def version_text(self) -> str | None:

@@ -249,3 +249,24 @@ def test_judging_only_when_enough_has_come_decides_as_judging_every_read(
         assert final(mode, guard_loop(mode, data, read_size)) == whole
         if len(data) < 200:
             assert final(mode, guard_loop(mode, data, 1)) == whole
+
+
+def test_the_ja4_cache_gives_each_hello_its_own_fingerprint() -> None:
+    """Hellos that differ in anything JA4 reads get their own fingerprint from the cache, and
+    a cache filled past its size still answers right."""
+    variants = [
+        tls13(HOST.encode()),
+        tls13(HOST.encode(), protocols=(b"http/1.1",)),
+        tls13(HOST.encode(), protocols=()),
+        tls13(),
+        hello([0x1301], [sni(HOST.encode()), versions(0x0304)]),
+        hello([0x1302], [sni(HOST.encode()), versions(0x0304)]),
+        hello([0x1301], [sni(HOST.encode()), versions(0x0303)]),
+        hello([0x1301], [versions(0x0304), sni(HOST.encode())]),
+    ]
+    variants += [hello([0x1301, 0x1000 + i], [sni(HOST.encode())]) for i in range(300)]
+    for _ in range(2):
+        for data in variants:
+            h = parse_client_hello(data)
+            assert not isinstance(h, NeedMore)
+            assert seen_of(h).ja4 == ja4(h)
