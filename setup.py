@@ -29,6 +29,7 @@ COMPILED = [
     "src/connectproxy/observe/metrics.py",
     "src/connectproxy/outcome.py",
     "src/connectproxy/policy/decide.py",
+    "src/connectproxy/policy/tlsguard.py",
     "src/connectproxy/server/connection.py",
     "src/connectproxy/server/limits.py",
     "src/connectproxy/server/listening.py",

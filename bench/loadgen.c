@@ -19,6 +19,11 @@
  * on stdout and wait for one line on stdin. The driver samples the proxy's CPU time and memory at
  * those points, so its figures cover exactly the measured interval.
  * --direct: connect to --proxy and skip the CONNECT (a no-proxy baseline of the harness itself).
+ * --hello FILE: every tunnel starts with these bytes (a recorded TLS ClientHello for the target
+ * name, at most 16 KiB), sent with the first bytes of the mode (the echo payload, the transfer
+ * header, or right after the 200 for idle tunnels), as a TLS client sends its hello first. The
+ * origin skips TLS handshake records before it reads its mode byte, so the figures measure the
+ * same exchange plus the hello; a proxy with a TLS guard checks it on every tunnel.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -49,6 +54,7 @@
 #define IO_CHUNK (1 << 20)
 #define MAX_SAMPLES 5000000
 #define PAYLOAD_MAX 4096
+#define HELLO_MAX 16384
 
 /* ---------------------------------------------------------------- options */
 
@@ -71,6 +77,7 @@ static struct {
     double exchange_timeout;
     int barrier;
     int direct;
+    const char *hello_file;
 } opt = {
     .concurrency = 50,
     .duration = 10,
@@ -192,6 +199,12 @@ static int nconns;
 static char request[512];
 static size_t request_len;
 static char payload[PAYLOAD_MAX];
+/* The hello, then what the mode sends first: written in one go, so the proxy sees the hello and
+ * the first application bytes as a client's first flight. */
+static char hello[HELLO_MAX];
+static size_t hello_len;
+static char first[HELLO_MAX + PAYLOAD_MAX];
+static size_t first_len;
 static char bulk[IO_CHUNK];
 static long active;
 
@@ -387,7 +400,7 @@ static int run_rate(void) {
                 c->out_off = 0;
             }
             if (c->state == S_PAYLOAD) {
-                int rc = write_some(c, payload, (size_t)opt.payload);
+                int rc = write_some(c, first, first_len);
                 if (rc < 0) continue;
                 if (rc == 0) {
                     arm(c, EPOLLOUT, EPOLL_CTL_MOD);
@@ -496,20 +509,21 @@ static int run_bulk(void) {
     if (failed == 0) {
         barrier("ready");
         t0 = now();
-        unsigned char header[9];
-        header[0] = opt.mode == UP ? 'U' : 'D';
-        for (int b = 0; b < 8; b++) header[1 + b] = (unsigned char)(per >> (56 - 8 * b));
+        unsigned char header[HELLO_MAX + 9];
+        memcpy(header, hello, hello_len);
+        header[hello_len] = opt.mode == UP ? 'U' : 'D';
+        for (int b = 0; b < 8; b++) header[hello_len + 1 + b] = (unsigned char)(per >> (56 - 8 * b));
         for (int i = 0; i < nconns; i++) {
             struct conn *c = &conns[i];
             c->out_off = 0;
             c->state = S_TRANSFER;
-            int rc = write_some(c, (const char *)header, sizeof(header));
+            int rc = write_some(c, (const char *)header, hello_len + 9);
             if (rc < 0) {
                 failed++;
                 continue;
             }
             if (rc == 0) {
-                fail(c, E_PROTO, "could not write the 9-byte transfer header at once");
+                fail(c, E_PROTO, "could not write the transfer header at once");
                 failed++;
                 continue;
             }
@@ -645,6 +659,14 @@ static int run_idle(void) {
                 open_failures++;
                 continue;
             }
+            if (hello_len) {
+                c->out_off = 0;
+                if (write_some(c, hello, hello_len) != 1) {
+                    if (c->state != S_FREE) fail(c, E_PROTO, "could not write the hello at once");
+                    open_failures++;
+                    continue;
+                }
+            }
             held++;
             arm(c, EPOLLIN | EPOLLRDHUP, EPOLL_CTL_MOD);
         }
@@ -746,7 +768,7 @@ static void usage(void) {
             "usage: loadgen rate|up|down|idle --proxy HOST:PORT --target NAME:PORT [options]\n"
             "  -c/--concurrency N  --duration S  --max-exchanges N  --payload BYTES\n"
             "  --tunnels N  --bytes B  --max-seconds S  --open-concurrency K  --hold S\n"
-            "  --echo-timeout S  --exchange-timeout S  --barrier  --direct\n");
+            "  --echo-timeout S  --exchange-timeout S  --barrier  --direct  --hello FILE\n");
     exit(2);
 }
 
@@ -788,6 +810,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--hold")) opt.hold = atof(v), i++;
         else if (!strcmp(a, "--echo-timeout")) opt.echo_timeout = atof(v), i++;
         else if (!strcmp(a, "--exchange-timeout")) opt.exchange_timeout = atof(v), i++;
+        else if (!strcmp(a, "--hello")) opt.hello_file = v, i++;
         else usage();
     }
     if (!have_proxy || (opt.target == NULL && !opt.direct)) usage();
@@ -811,6 +834,24 @@ int main(int argc, char **argv) {
                                        opt.target);
     payload[0] = 'E';  /* the origin's echo mode */
     for (int i = 1; i < opt.payload; i++) payload[i] = (char)('a' + i % 26);
+    if (opt.hello_file != NULL) {
+        FILE *f = fopen(opt.hello_file, "rb");
+        if (f == NULL) {
+            perror(opt.hello_file);
+            return 2;
+        }
+        hello_len = fread(hello, 1, sizeof(hello), f);
+        int more = fgetc(f) != EOF;
+        fclose(f);
+        if (hello_len == 0 || more || hello[0] != 0x16) {
+            fprintf(stderr, "loadgen: %s is not one TLS handshake flight of at most %d bytes\n",
+                    opt.hello_file, HELLO_MAX);
+            return 2;
+        }
+    }
+    memcpy(first, hello, hello_len);
+    memcpy(first + hello_len, payload, (size_t)opt.payload);
+    first_len = hello_len + (size_t)opt.payload;
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0) {
         perror("epoll_create1");

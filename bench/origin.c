@@ -14,6 +14,10 @@
  *                   much arrived when a transfer is cut short.
  *   'D' + u64 N     download source: N bytes are written from one static buffer, then a FIN.
  *
+ * Before the mode byte, TLS handshake records (a first byte of 0x16, as a ClientHello starts)
+ * are read and dropped whole: a client benchmarking a proxy with a TLS guard sends a real
+ * ClientHello first (loadgen --hello), and the exchange after it is the usual one.
+ *
  * Usage: origin [--port P] [--lifetime SECONDS]
  * Prints "port P\n" on stdout once listening (P is the kernel's choice when --port is 0).
  * It exits on SIGTERM, after --lifetime seconds, or when its parent dies.
@@ -41,13 +45,14 @@
 #define IO_CHUNK (1 << 20)      /* one read or write of bulk data: see loadgen.c */
 #define ACK_EVERY (1u << 20)
 
-enum mode { MODE_NEW, MODE_HEADER, MODE_ECHO, MODE_SINK, MODE_SOURCE, MODE_DRAIN };
+enum mode { MODE_NEW, MODE_RECORD, MODE_HEADER, MODE_ECHO, MODE_SINK, MODE_SOURCE, MODE_DRAIN };
 
 struct conn {
     int in_use;
     enum mode mode;
     unsigned char header[9];  /* mode byte + u64 length while it is incomplete */
     int header_len;
+    size_t record_left;       /* MODE_RECORD: bytes of the TLS record still to drop */
     uint64_t target;          /* N for sink and source */
     uint64_t done;            /* bytes sunk or sourced so far */
     uint64_t next_ack;        /* sink: the next 1 MiB boundary to report */
@@ -177,9 +182,29 @@ static int on_readable(int fd) {
     if (n == 0) return -1;
     if (n < 0) return (errno == EAGAIN || errno == EINTR) ? 0 : -1;
     size_t used = 0;
+    /* TLS handshake records before the mode byte: header (5 bytes), then its body, dropped. */
+    while (used < (size_t)n && (c->mode == MODE_RECORD || (c->mode == MODE_NEW && buf[used] == 0x16))) {
+        if (c->mode == MODE_NEW) {
+            c->mode = MODE_RECORD;
+            c->header_len = 0;
+        }
+        if (c->header_len < 5) {
+            c->header[c->header_len++] = buf[used++];
+            if (c->header_len == 5) c->record_left = (size_t)c->header[3] << 8 | c->header[4];
+        } else {
+            size_t take = (size_t)n - used < c->record_left ? (size_t)n - used : c->record_left;
+            used += take;
+            c->record_left -= take;
+        }
+        if (c->header_len == 5 && c->record_left == 0) {
+            c->mode = MODE_NEW;
+            c->header_len = 0;
+        }
+    }
+    if (used == (size_t)n) return 0;
     if (c->mode == MODE_NEW) {
-        c->mode = buf[0] == 'E' ? MODE_ECHO : MODE_HEADER;
-        if (c->mode == MODE_HEADER && buf[0] != 'U' && buf[0] != 'D') return -1;
+        c->mode = buf[used] == 'E' ? MODE_ECHO : MODE_HEADER;
+        if (c->mode == MODE_HEADER && buf[used] != 'U' && buf[used] != 'D') return -1;
     }
     if (c->mode == MODE_HEADER) {
         while (used < (size_t)n && c->header_len < 9) c->header[c->header_len++] = buf[used++];
@@ -202,7 +227,7 @@ static int on_readable(int fd) {
         return pump_sink(fd);
     }
     if (c->mode == MODE_ECHO) {
-        if (queue_out(fd, buf, (size_t)n) < 0) return -1;
+        if (queue_out(fd, buf + used, (size_t)n - used) < 0) return -1;
         c->reading_paused = c->out_len > OUT_CAP / 2;
         return 0;
     }

@@ -27,10 +27,14 @@ from .settings import (
     LARGE,
     SCENARIOS,
     SYSCALLS,
+    TLS_GUARD,
     WORKERS_NAME,
     BenchError,
     Settings,
 )
+
+# The targets `--scenario instructions` can count: one connectproxy process each.
+SINGLE_PROCESS = ("connectproxy", LARGE, TLS_GUARD)
 
 
 def parse_size(text: str) -> int:
@@ -55,8 +59,9 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         "--proxies",
         default=None,
         help="comma-separated, from: connectproxy, squid, direct (no proxy: the "
-        "harness's own limit), connectproxy-wN (connectproxy --workers N). "
-        "Default: connectproxy and, if installed, squid",
+        "harness's own limit), connectproxy-wN (connectproxy --workers N), connectproxy-large "
+        "(10,000 domain patterns), connectproxy-tls (the TLS guard, tls: verify_sni; implies "
+        "--client-hello). Default: connectproxy and, if installed, squid",
     )
     p.add_argument(
         "--scenario",
@@ -125,6 +130,12 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         help="a tiny smoke run (seconds): 1 round, short phases, small transfers",
     )
     p.add_argument(
+        "--client-hello",
+        action="store_true",
+        help="every tunnel of every proxy starts with a real TLS ClientHello for the target "
+        "name (Python's ssl, recorded at the start of the run), as a TLS client's does",
+    )
+    p.add_argument(
         "--congestion-control",
         default=None,
         metavar="NAME",
@@ -145,7 +156,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         p.error(f"--proxies: give distinct names from {', '.join(KNOWN_PROXIES)}, connectproxy-wN")
     if "squid" in names and shutil.which(a.squid) is None:
         p.error(f"--proxies: squid is not installed at {a.squid} (use --squid PATH)")
-    if any(n in ("connectproxy", LARGE) or WORKERS_NAME.fullmatch(n) for n in names):
+    if any(n in ("connectproxy", LARGE, TLS_GUARD) or WORKERS_NAME.fullmatch(n) for n in names):
         if shutil.which(a.connectproxy) is None:
             p.error(
                 f"--connectproxy: {a.connectproxy} is not an executable (use --connectproxy PATH)"
@@ -170,11 +181,14 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     if a.scenario == INSTRUCTIONS:
         if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
             p.error("--scenario instructions needs valgrind (apt-get install -y valgrind)")
-        if names != ["connectproxy"] or a.workers is not None:
+        if len(names) != 1 or names[0] not in SINGLE_PROCESS or a.workers is not None:
             # A process that sleeps (Squid's master in waitpid, our supervisor with --workers)
             # never takes callgrind's command to start counting: only a single connectproxy
-            # process can be measured this way.
-            p.error("--scenario instructions measures one connectproxy process (no --workers)")
+            # process can be measured this way (on the small, the large or the guarded config).
+            p.error(
+                "--scenario instructions measures one connectproxy process (no --workers): "
+                f"give --proxies one of {', '.join(SINGLE_PROCESS)}"
+            )
     if a.scenario == SYSCALLS:
         if shutil.which("strace") is None:
             p.error("--scenario syscalls needs strace (apt-get install -y strace)")
@@ -224,6 +238,7 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         keep_rundir=a.keep_rundir,
         quick=a.quick,
         congestion_control=a.congestion_control,
+        client_hello=a.client_hello or TLS_GUARD in names,
     )
 
 

@@ -19,9 +19,17 @@ from pathlib import Path
 
 from .journal import Journal
 from .procfs import Snapshot, interval, process_tree, tree_rss_kib
-from .settings import INSTRUCTIONS, SYSCALLS, TRANSFERS, BenchError, JsonDict, Settings
+from .settings import (
+    INSTRUCTIONS,
+    SYSCALLS,
+    TARGET_HOST,
+    TRANSFERS,
+    BenchError,
+    JsonDict,
+    Settings,
+)
 from .targets import Proxies, Target
-from .tools import Tools
+from .tools import Tools, client_hello
 from .tracers import callgrind_control, callgrind_total, strace_calls
 
 
@@ -32,7 +40,11 @@ class Scenarios:
         self.s = settings
         self.rundir = rundir
         self.journal = Journal()
-        self.tools = Tools(bin_dir, settings.client_cpu)
+        hello = None
+        if settings.client_hello:
+            hello = rundir / "clienthello.bin"
+            hello.write_bytes(client_hello(TARGET_HOST))
+        self.tools = Tools(bin_dir, settings.client_cpu, hello)
         self.proxies = Proxies(settings, rundir, self.tools, self.journal, nofile)
         if settings.unpinned:
             self.journal.warn(

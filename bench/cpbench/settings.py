@@ -14,7 +14,10 @@ DENIED_HOST = "denied.example.com"
 # "connectproxy-large": connectproxy on the same config grown to 10,000 domain patterns across
 # 100 policies, 1,000 clients and 1,000 users (largeconfig.py), to set beside "connectproxy".
 LARGE = "connectproxy-large"
-KNOWN_PROXIES = ("connectproxy", "squid", "direct", LARGE)
+# "connectproxy-tls": connectproxy with the TLS guard (`tls: verify_sni`), so every tunnel's
+# ClientHello is read, parsed, fingerprinted and checked; the run then sends one (client_hello).
+TLS_GUARD = "connectproxy-tls"
+KNOWN_PROXIES = ("connectproxy", "squid", "direct", LARGE, TLS_GUARD)
 # "connectproxy-w2": connectproxy with --workers 2, so one run can compare worker counts.
 WORKERS_NAME = re.compile(r"connectproxy-w([1-9][0-9]?)")
 SCENARIOS = ("rate", "throughput", "idle")
@@ -59,3 +62,6 @@ class Settings:
     keep_rundir: bool
     quick: bool
     congestion_control: str | None  # the system's algorithm for the run; None: leave it
+    # Every tunnel of every proxy starts with a real TLS ClientHello for TARGET_HOST, as a TLS
+    # client's does; the same bytes for each proxy, so the comparison stays like for like.
+    client_hello: bool = False

@@ -25,6 +25,7 @@ from .settings import (
     DENIED_HOST,
     LARGE,
     TARGET_HOST,
+    TLS_GUARD,
     WORKERS_NAME,
     BenchError,
     Settings,
@@ -86,9 +87,10 @@ class Proxies:
             "max_connections": (self.nofile - 200) // 2,
             "access_log": str(access_log),
             "cache_log": str(cache_log),
+            "tls": "verify_sni" if name == TLS_GUARD else "off",
         }
         workers = WORKERS_NAME.fullmatch(name)
-        if name in ("connectproxy", LARGE) or workers:
+        if name in ("connectproxy", LARGE, TLS_GUARD) or workers:
             t.access_log = access_log
             fields["metrics_port"] = free_port()
             t.config_text = template("connectproxy.yaml", fields)

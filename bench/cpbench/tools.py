@@ -13,6 +13,7 @@ import json
 import os
 import re
 import selectors
+import ssl
 import subprocess
 import time
 from collections.abc import Callable
@@ -48,12 +49,29 @@ def build(bin_dir: Path) -> None:
             raise BenchError(f"build.sh failed:\n{done.stderr}")
 
 
-class Tools:
-    """The origin of one run, and the load generator runs against it (both on the client CPU)."""
+def client_hello(server_name: str) -> bytes:
+    """The ClientHello Python's `ssl` (the system's OpenSSL) sends for `server_name`: a real
+    client's first flight, taken from a memory BIO so no server is needed to record it."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
 
-    def __init__(self, bin_dir: Path, client_cpu: int | None) -> None:
+
+class Tools:
+    """The origin of one run, and the load generator runs against it (both on the client CPU).
+
+    With `hello` (a file holding a ClientHello), every load generator run starts each tunnel
+    with it (loadgen --hello)."""
+
+    def __init__(self, bin_dir: Path, client_cpu: int | None, hello: Path | None = None) -> None:
         self.bin = bin_dir
         self.client_cpu = client_cpu
+        self.hello = hello
         self.origin: subprocess.Popen[bytes] | None = None
         self.origin_port = 0
 
@@ -92,6 +110,7 @@ class Tools:
         argv = [str(self.bin / "loadgen"), mode, "--proxy", f"127.0.0.1:{proxy_port}"]
         argv += ["--direct"] if direct else ["--target", f"{TARGET_HOST}:{self.origin_port}"]
         argv += args + (["--barrier"] if on_barrier else [])
+        argv += ["--hello", str(self.hello)] if self.hello is not None else []
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,

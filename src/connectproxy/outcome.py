@@ -23,6 +23,7 @@ Outcome = Literal[
     "upstream_refused",
     "overloaded",
     "handshake_timeout",
+    "tls_refused",
 ]
 
 OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)

@@ -69,8 +69,7 @@ class Policy:
     domains: tuple[DomainPattern, ...] = ()
     networks: tuple[IPNetwork, ...] = ()
     mode: AllowMode = "enforce"
-    # Parsed and carried here; what it does is the TLS guard's (SPEC section 5.1). Until then
-    # the config loader refuses every value but "off".
+    # The TLS guard's check of the tunnel's first bytes (SPEC section 5.1, policy/tlsguard.py).
     tls: TLSMode = "off"
     domain_index: DomainIndex = field(init=False, repr=False, compare=False)
     network_set: NetworkSet = field(init=False, repr=False, compare=False)
@@ -287,6 +286,9 @@ class Config:
     # Without either, a Proxy-Authorization header is ignored, as Squid ignores it when no
     # proxy_auth acl is reached (docs/configuration.md, "How the keys combine").
     checks_credentials: bool = field(init=False, repr=False, compare=False)
+    # Whether any policy has a TLS guard: then every access line carries sni, tls_version, alpn
+    # and ja4 (SPEC 5.1).
+    tls_guard: bool = field(init=False, repr=False, compare=False)
     # Admission's indexes of `clients`, by position: the first client holding a source network,
     # the first listing a certificate name.
     client_networks: NetworkIndex = field(init=False, repr=False, compare=False)
@@ -309,6 +311,8 @@ class Config:
         object.__setattr__(self, "report_mode", report_mode)
         checks = bool(self.users) or self.htpasswd_file is not None
         object.__setattr__(self, "checks_credentials", checks)
+        tls_guard = any(policy.tls != "off" for policy in policies.values())
+        object.__setattr__(self, "tls_guard", tls_guard)
         for kind, identities in (("client", self.clients), ("user", self.users)):
             for identity in identities:
                 for name in identity.policies:

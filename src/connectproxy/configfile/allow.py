@@ -76,13 +76,7 @@ def _allow_mode(check: Checker, value: Any, where: Where) -> AllowMode:
 
 
 def _tls_mode(check: Checker, value: Any, where: Where) -> TLSMode:
-    """Read as the TLS guard will read it (SPEC section 5.1), and refused until it exists: a
-    config asking for a check the proxy does not make must not load as if it did."""
+    """The TLS guard's mode (SPEC section 5.1, policy/tlsguard.py)."""
     if value is False:  # YAML 1.1 reads an unquoted `off` as false
         return "off"
-    mode = choice(check, value, where, _TLS_MODES)
-    if mode != "off":
-        raise check.error(
-            where, "not yet supported: the TLS guard comes in a later release; use tls: off"
-        )
-    return mode
+    return choice(check, value, where, _TLS_MODES)

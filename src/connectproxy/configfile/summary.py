@@ -78,6 +78,17 @@ def _mode(policy: Policy) -> str:
     return policy.mode
 
 
+_TLS_TERMS = {
+    "observe": "observe (the tunnel's ClientHello is logged, never refused)",
+    "require": "require (a tunnel must start with a TLS ClientHello)",
+    "verify_sni": "verify_sni (a tunnel must start with a TLS ClientHello naming the CONNECT host)",
+}
+
+
+def _tls(policy: Policy) -> str:
+    return _TLS_TERMS.get(policy.tls, policy.tls)
+
+
 def _policy_lines(prefix: str, policy: Policy) -> list[str]:
     return [
         f"{prefix}.mode: {_mode(policy)}",
@@ -122,8 +133,9 @@ def _covers(outer: Policy, inner: Policy) -> bool:
     """Whether `outer` allows every destination `inner` allows, on the same terms, so `inner`
     adds nothing beside it. The modes must agree: an enforce policy is not covered by a report
     one (it turns would_deny into allowed), and a report policy lets anything through on its
-    ports, so only another report policy on the same ports or more covers it."""
-    if inner.mode != outer.mode or not inner.ports <= outer.ports:
+    ports, so only another report policy on the same ports or more covers it. The TLS guards
+    must agree too: the deciding policy's `tls` checks the tunnel."""
+    if inner.mode != outer.mode or inner.tls != outer.tls or not inner.ports <= outer.ports:
         return False
     if inner.mode == "report":
         return True
@@ -172,15 +184,16 @@ def summarize(config: Config) -> list[str]:
     lines = [f"source: {config.source}"]
     lines += [_listener_line(listener, config.listen) for listener in config.listen]
     lines += _policy_lines("allow", config.allow)
+    if named or config.allow.tls != "off":
+        lines.append(f"allow.tls: {_tls(config.allow)}")
     if named:
-        lines.append(f"allow.tls: {config.allow.tls}")
         lines.append(_bound_line("allow (policy default)", DEFAULT_POLICY, config))
         for name, policy in config.policies.items():
             if name == DEFAULT_POLICY:
                 continue
             prefix = f"policies.{name}"
             lines += _policy_lines(prefix, policy)
-            lines.append(f"{prefix}.tls: {policy.tls}")
+            lines.append(f"{prefix}.tls: {_tls(policy)}")
             lines.append(_bound_line(prefix, name, config))
     if not config.clients:
         lines.append("clients: (none)")

@@ -22,6 +22,7 @@ import structlog
 
 from connectproxy.config.model import Log
 from connectproxy.outcome import Outcome
+from connectproxy.policy.tlsguard import HelloSeen
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -80,7 +81,9 @@ class AccessRecord:
     policy: str | None  # the deciding policy; None before the destination step
     would_deny: bool | None  # set when the deciding policy is in report mode
     listener: str | None
-    sni: str | None  # the TLS guard's server name (SPEC section 5.1); None until it reads one
+    # What the TLS guard saw of the ClientHello (SPEC 5.1); None where no guard ran. One field,
+    # not four: a connection without the guard pays for one assignment.
+    hello: HelloSeen | None
 
     def __init__(
         self,
@@ -102,7 +105,7 @@ class AccessRecord:
         policy: str | None = None,
         would_deny: bool | None = None,
         listener: str | None = None,
-        sni: str | None = None,
+        hello: HelloSeen | None = None,
     ) -> None:
         self.start = start
         self.client_addr = client_addr
@@ -122,7 +125,7 @@ class AccessRecord:
         self.policy = policy
         self.would_deny = would_deny
         self.listener = listener
-        self.sni = sni
+        self.hello = hello
 
 
 class _Timestamps:
@@ -151,11 +154,14 @@ def _number(value: int | float | None) -> str:
     return "null" if value is None else repr(value)
 
 
-def access_json(rec: AccessRecord, report_mode: bool, ts: str) -> str:
+def access_json(rec: AccessRecord, report_mode: bool, ts: str, tls_guard: bool = False) -> str:
     """One access line as compact JSON, written out field by field.
 
     `report_mode` is whether any policy of the config is in report mode: then every line carries
     `would_deny`, `true` only where a report-mode policy let through what it would refuse.
+    `tls_guard` is whether any policy has a TLS guard (`tls` other than `off`): then every line
+    carries `sni`, `tls_version`, `alpn` and `ja4`, null where the guard saw none or did not run,
+    so a log has one shape whichever policy decided each line.
 
     The same bytes as `json.dumps(..., separators=(",", ":"))` of the fields in this order (the
     tests compare the two), at about half the cost: no dictionary is built, and each string goes
@@ -164,6 +170,16 @@ def access_json(rec: AccessRecord, report_mode: bool, ts: str) -> str:
     would_deny = (
         (',"would_deny":true' if rec.would_deny else ',"would_deny":false') if report_mode else ""
     )
+    hello = ""
+    if tls_guard:
+        seen = rec.hello
+        if seen is None:
+            hello = ',"sni":null,"tls_version":null,"alpn":null,"ja4":null'
+        else:
+            hello = (
+                f',"sni":{_text(seen.sni)},"tls_version":{_text(seen.tls_version)},'
+                f'"alpn":{_text(seen.alpn)},"ja4":{_text(seen.ja4)}'
+            )
     return (
         f'{{"ts":{_json_string(ts)},"client_addr":{_json_string(rec.client_addr)},'
         f'"client_port":{rec.client_port},"client":{_text(rec.client)},'
@@ -173,7 +189,7 @@ def access_json(rec: AccessRecord, report_mode: bool, ts: str) -> str:
         f'"bytes_client_to_server":{rec.bytes_client_to_server},'
         f'"bytes_server_to_client":{rec.bytes_server_to_client},'
         f'"duration_s":{_number(rec.duration_s)},"connect_s":{_number(rec.connect_s)},'
-        f'"error":{_text(rec.error)},"policy":{_text(rec.policy)}{would_deny},'
+        f'"error":{_text(rec.error)},"policy":{_text(rec.policy)}{would_deny}{hello},'
         f'"event":"access"}}'
     )
 
@@ -182,14 +198,23 @@ def _squid_line(rec: AccessRecord) -> str:
     """Squid's native access.log format:
     time elapsed_ms client code/status bytes method url user hierarchy/peer type.
 
-    Squid's fields are fixed and tools parse them by position, so the deciding policy and
-    `would_deny` have no place here; they are in the JSON format."""
+    Squid's fields are fixed and tools parse them by position, so the deciding policy,
+    `would_deny` and what the TLS guard saw have no place here; they are in the JSON format. A
+    tunnel the TLS guard closed was answered 200 and then refused: `TCP_DENIED/200`, so a count
+    of TCP_DENIED lines still counts every refusal."""
     elapsed_ms = round((rec.duration_s or 0.0) * 1000)
     status = rec.status or 0
+    outcome = rec.outcome
     code = (
         "TCP_TUNNEL"
-        if rec.outcome == "established"
-        else ("TCP_DENIED" if status in (403, 407) else "NONE_NONE" if status == 0 else "TCP_MISS")
+        if outcome == "established"
+        else (
+            "TCP_DENIED"
+            if status in (403, 407) or outcome == "tls_refused"
+            else "NONE_NONE"
+            if status == 0
+            else "TCP_MISS"
+        )
     )
     if rec.upstream:
         hier = f"FIRST_UP_PARENT/{rec.upstream.split('://', 1)[-1].rsplit(':', 1)[0].strip('[]')}"
@@ -218,7 +243,7 @@ class AccessLog:
     first, for the admin API: a bounded ring, so a flood of refusals costs a fixed amount of
     memory, and the one place every record passes through, so none is missed."""
 
-    def __init__(self, log: Log, report_mode: bool = False) -> None:
+    def __init__(self, log: Log, report_mode: bool = False, tls_guard: bool = False) -> None:
         self.path = log.access_log
         self.squid = log.access_format == "squid"
         self.report_mode = report_mode
@@ -226,6 +251,7 @@ class AccessLog:
         # Told of every refusal as it is written: the status page's counts of the last hour,
         # which must see each one, not only the last thousand.
         self.on_refusal: Callable[[AccessRecord], None] | None = None
+        self.tls_guard = tls_guard
         self._lines: list[str] = []
         self._file: TextIO = self._open()
         self._timestamp = _Timestamps()
@@ -251,13 +277,17 @@ class AccessLog:
         else:
             # Not through structlog's processor chain: per line, that cost more than the rest
             # of a tunnel's bookkeeping. One compact JSON object per line (test_logs.py).
-            self._append(access_json(rec, self.report_mode, self._timestamp(rec.start)))
+            ts = self._timestamp(rec.start)
+            self._append(access_json(rec, self.report_mode, ts, self.tls_guard))
 
     def refusals_json(self) -> str:
         """The kept refusals as a JSON array, newest first, each object exactly its JSON
         access-log line."""
         stamp = _Timestamps()
-        lines = [access_json(rec, self.report_mode, stamp(rec.start)) for rec in self.refusals]
+        lines = [
+            access_json(rec, self.report_mode, stamp(rec.start), self.tls_guard)
+            for rec in self.refusals
+        ]
         lines.reverse()
         return "[" + ",".join(lines) + "]"
 

@@ -202,6 +202,12 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemax",
         )
+        self.tls_refused = Counter(
+            "connectproxy_tls_refused",
+            "Tunnels the TLS guard closed after the 200, by why (SPEC 5.1).",
+            ["client", "reason"],
+            registry=registry,
+        )
         self.handshake_failures = Counter(
             "connectproxy_handshake_failures",
             "Connections closed before a request: bad PROXY header or failed TLS handshake.",
@@ -258,6 +264,11 @@ class Metrics:
     def would_deny_seen(self, client: str, policy: str) -> None:
         """`policy`, in report mode, let a tunnel through that enforce mode would refuse."""
         self.would_deny.labels(client, policy).inc()
+
+    def tls_refused_seen(self, client: str, reason: str) -> None:
+        """The TLS guard closed a tunnel of `client`: `reason` is one of policy/tlsguard.py's
+        REASONS. Rare, like a would_deny, so not batched."""
+        self.tls_refused.labels(client, reason).inc()
 
     def handshake_failed(self, reason: str) -> None:
         """A connection closed before its request: bad PROXY header ("proxy_protocol") or a

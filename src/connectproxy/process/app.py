@@ -80,7 +80,9 @@ class App:
         self.stopping = asyncio.Event()
         self.ready = False
         self.metrics = Metrics(registry)
-        self.access_log = AccessLog(config.log, report_mode=config.report_mode)
+        self.access_log = AccessLog(
+            config.log, report_mode=config.report_mode, tls_guard=config.tls_guard
+        )
         self.server = Server(loaded, self.metrics, self.access_log, reuse_port=role.reuse_port)
         self.ops: OpsServer | None = None
         # The admin API's routes (SPEC section 7.1), behind the running config's token; more
@@ -166,6 +168,7 @@ class App:
         self.server.swap_config(loaded)
         self.server.update_listeners(config.listen)
         self.access_log.report_mode = config.report_mode
+        self.access_log.tls_guard = config.tls_guard
         self.access_log.reopen()
         if old.log != config.log:
             setup_logging(config.log)

@@ -107,6 +107,17 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _guard_terms(mode: str, host: str, ip_literal: bool) -> str:
+    """What the TLS guard (SPEC 5.1) will ask of the tunnel's first bytes, after the 200."""
+    if mode == "observe":
+        return "the tunnel's ClientHello is logged, never refused"
+    if mode == "require":
+        return "the tunnel must start with a TLS ClientHello, else it is closed"
+    if ip_literal:
+        return "the tunnel must start with a TLS ClientHello without a server_name"
+    return f"the tunnel must start with a TLS ClientHello whose server_name is {host}"
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     config = _config_loader(args)()
     try:
@@ -126,6 +137,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return 1
     verdict = "allow (report mode: enforce would deny)" if decision.would_deny else "allow"
     print(f"{verdict}: {decision.reason} by policy {decision.policy} (client {who})")
+    guard = config.policies[decision.policy].tls if decision.policy is not None else "off"
+    if guard != "off":
+        print(f"tls: {guard}: {_guard_terms(guard, target.host, target.ip is not None)}")
     if decision.route == "upstream":
         assert config.upstream is not None
         names = ", ".join(p.name for p in config.upstream.proxies)

@@ -2,8 +2,9 @@
 
 `Flow.serve` reads top to bottom as docs/configuration.md ("How a request is decided") lists the
 steps: PROXY header, per-source limit, TLS handshake, request head, credentials and the
-decision (admission, destination, route), the connector (resolve, check, connect), the 200, then
-the tunnel. Every refusal on the way is a
+decision (admission, destination, route), the connector (resolve, check, connect), the 200, the
+TLS guard when the deciding policy has one (read and check the ClientHello), then the tunnel.
+Every refusal on the way is a
 `Refusal` (connectproxy/outcome.py) carrying its status, outcome and reason; one handler answers
 it and one `finally` closes and records, whichever way the connection ends.
 
@@ -21,8 +22,9 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from connectproxy.config.model import Config, Listener
+from connectproxy.config.model import Config, Listener, TLSMode
 from connectproxy.credentials.auth import Authenticator
 from connectproxy.matching.addresses import SocketAddress, parse_address, peer_host
 from connectproxy.matching.netset import IPAddress
@@ -34,17 +36,27 @@ from connectproxy.observe.logs import AccessLog, AccessRecord
 from connectproxy.observe.metrics import Metrics
 from connectproxy.outcome import Outcome, Refusal
 from connectproxy.policy.decide import Credentials, Source, decide
+from connectproxy.policy.tlsguard import HELLO_LIMIT, Ended, Verdict, judge
 from connectproxy.server.limits import TOO_MANY_FROM_SOURCE, SourceCounts, overloaded
 from connectproxy.server.listening import Listening
 from connectproxy.server.tunnels import Admission, Tunnels
 from connectproxy.wire import proxyproto
-from connectproxy.wire.http import Request, RequestError, parse_basic_credentials, take_request
+from connectproxy.wire.http import (
+    Request,
+    RequestError,
+    Target,
+    parse_basic_credentials,
+    take_request,
+)
 from connectproxy.wire.responses import (
     ALLOW_CONNECT,
     ESTABLISHED,
     PROXY_AUTHENTICATE,
     error_response,
 )
+from connectproxy.wire.tlshello import NeedMore
+
+_HELLO_READ = 16384 + 5  # a largest TLS record with its header
 
 
 @dataclass(frozen=True)
@@ -171,12 +183,20 @@ class Flow:
             await _send_established(sock)
             if dialed.early:
                 await send_all(sock, dialed.early)
-            if early:
-                await send_all(server_sock, early)
             connect_s = time.perf_counter() - connect_began
             rec.connect_s = round(connect_s, 6)
             self.metrics.connected(connect_s)
-            rec.outcome, rec.status = "established", 200
+            rec.status = 200
+            if config.tls_guard and decision.policy is not None:
+                guard = config.policies[decision.policy].tls
+                if guard != "off":
+                    # SPEC 5.1: only bytes the guard has passed reach the destination, and
+                    # first of all the ClientHello exactly as it came.
+                    rec.bytes_server_to_client = len(dialed.early)
+                    early = await self._guard(sock, guard, target, early, config, task, rec)
+            if early:
+                await send_all(server_sock, early)
+            rec.outcome = "established"
             self.metrics.count("established")
             self.tunnels.start(
                 sock,
@@ -219,6 +239,57 @@ class Flow:
                     server_sock.close()
                 sock.close()
                 ended()
+
+    async def _guard(
+        self,
+        sock: socket.socket,
+        mode: TLSMode,
+        target: Target,
+        data: bytes,
+        config: Config,
+        task: asyncio.Task[Any],
+        rec: AccessRecord,
+    ) -> bytes:
+        """Read the client's ClientHello into `data` (what came with the CONNECT head is its
+        start), up to 64 KiB and within `timeouts.handshake` of the 200, and check it. Returns
+        every byte read, to be forwarded unchanged; raises the refusal (no HTTP answer is
+        possible after the 200) when the policy refuses it.
+
+        Parsed again only once the buffer holds what the last parse said it needs at least, so
+        a hello trickled in one byte at a time costs a few parses, not one per byte."""
+        host, ip_literal = target.host, target.ip is not None
+        buf = bytearray(data)
+        verdict = judge(mode, host, ip_literal, buf) if buf else None
+        needed = verdict.needed if isinstance(verdict, NeedMore) else 1
+        ended: Ended = None
+        if not isinstance(verdict, Verdict):
+            self.tunnels.busy_poll.expect()  # the client's hello follows the 200 at once
+            try:
+                with self.deadlines.limit(task, config.timeouts.handshake):
+                    while True:
+                        # One TLS record's worth a read (a fresh 64 KiB buffer per read would
+                        # cost more than a real hello's bytes); the limit caps the last one.
+                        chunk = await recv(sock, min(_HELLO_READ, HELLO_LIMIT - len(buf)))
+                        if not chunk:
+                            ended = "eof"
+                            break
+                        buf += chunk
+                        if len(buf) < needed and len(buf) < HELLO_LIMIT:
+                            continue
+                        verdict = judge(mode, host, ip_literal, buf)
+                        if isinstance(verdict, Verdict):
+                            break
+                        needed = verdict.needed
+            except TimeoutError:
+                ended = "timeout"
+            if ended is not None:
+                verdict = judge(mode, host, ip_literal, buf, ended)
+        assert isinstance(verdict, Verdict)  # `ended` makes judge decide
+        rec.hello = verdict.seen
+        if verdict.reason is not None:
+            self.metrics.tls_refused_seen(rec.client or "-", verdict.reason)
+            raise Refusal(None, "tls_refused", verdict.error or verdict.reason)
+        return bytes(buf)
 
     async def _read_proxy_header(
         self, sock: socket.socket, listener: Listener, peer_addr: IPAddress, peer_port: int

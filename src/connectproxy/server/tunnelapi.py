@@ -37,7 +37,7 @@ class TunnelApi:
         self.now = now
         self.log = get_logger()
         # Per open tunnel: its SNI when formatted, and the JSON of its fixed fields.
-        self._fixed: dict[int, tuple[str | None, str]] = {}
+        self._fixed: dict[int, str] = {}
         self._stamps: dict[int, str] = {}  # seconds formatted during one listing
 
     def install(self, routes: AdminRoutes) -> None:
@@ -54,16 +54,16 @@ class TunnelApi:
         now = self.now()
         fixed = self._fixed
         rows: list[str] = []
-        seen: dict[int, tuple[str | None, str]] = {}
+        seen: dict[int, str] = {}
         for tunnel_id, active in self.tunnels().active.items():
-            rec, tunnel = active.rec, active.tunnel
+            tunnel = active.tunnel
             known = fixed.get(tunnel_id)
-            if known is None or known[0] is not rec.sni:
-                known = (rec.sni, _fixed_fields(active, self._stamps))
+            if known is None:
+                known = _fixed_fields(active, self._stamps)
             seen[tunnel_id] = known
             idle = now - tunnel.last_active
             rows.append(
-                f"{known[1]},"
+                f"{known},"
                 f'"bytes_client_to_server":{tunnel.bytes_client_to_server},'
                 f'"bytes_server_to_client":{tunnel.bytes_server_to_client},'
                 f'"idle_s":{round(idle, 3) if idle > 0.0 else 0.0}}}'
@@ -104,8 +104,10 @@ def _text(value: str | None) -> str:
 
 def _fixed_fields(active: OpenTunnel, stamps: dict[int, str]) -> str:
     """The start of a tunnel's JSON object, up to its byte counts: what never changes while it
-    is open (the SNI aside, which the caller watches)."""
+    is open. The SNI is among them: a tunnel starts only after the TLS guard has read the
+    ClientHello (SPEC section 5.1)."""
     rec = active.rec
+    sni = rec.hello.sni if rec.hello is not None else None
     second = int(active.started)
     prefix = stamps.get(second)
     if prefix is None:
@@ -115,5 +117,5 @@ def _fixed_fields(active: OpenTunnel, stamps: dict[int, str]) -> str:
         f'{{"id":{active.id},"client":{_text(rec.client)},"user":{_text(rec.user)},'
         f'"policy":{_text(rec.policy)},"client_addr":{_json_string(rec.client_addr)},'
         f'"target":{_text(rec.target)},"server_addr":{_text(rec.server_addr)},'
-        f'"upstream":{_text(rec.upstream)},"sni":{_text(rec.sni)},"started":"{started}"'
+        f'"upstream":{_text(rec.upstream)},"sni":{_text(sni)},"started":"{started}"'
     )

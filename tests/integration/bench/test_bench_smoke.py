@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -262,3 +263,37 @@ def test_a_connectproxy_that_is_not_there_is_refused_before_anything_starts() ->
     assert done.returncode == 2
     assert "--connectproxy: nope is not an executable" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_tls_guard_target_checks_a_real_client_hello_in_every_tunnel(tmp_path: Path) -> None:
+    """`--proxies connectproxy-tls`: connectproxy with `tls: verify_sni`, and the load
+    generator sends a real ClientHello for the target name first in every tunnel; the rate,
+    throughput and idle figures must come with no failure, so every hello passed the guard."""
+    result = run_quick_bench(
+        tmp_path / "tls.json", "--proxies", "connectproxy-tls", "--keep-rundir", timeout=240
+    )
+    rundir = Path(result["rundir"])
+    try:
+        assert result["settings"]["client_hello"] is True
+        assert "tls: verify_sni" in result["targets"]["connectproxy-tls"]["config"]
+        summary = result["summary"]["connectproxy-tls"]
+        assert summary["rate.tunnels_per_s"]["median"] > 0
+        assert result["failures"] == {"connectproxy-tls": 0}
+        hello = (rundir / "clienthello.bin").read_bytes()
+        logs = sorted(rundir.glob("connectproxy-tls-*-access.log"))
+        assert len(logs) == 3  # rate, throughput, idle
+        records = [json.loads(line) for log in logs for line in log.read_text().splitlines()]
+        tunnels = [r for r in records if r["outcome"] == "established"]
+        assert len(tunnels) > 100
+        assert all(r["sni"] == "bench.azure-devices.net" for r in tunnels)
+        assert all(r["bytes_client_to_server"] >= len(hello) for r in tunnels)
+        # Refused are only tunnels whose client closed before its hello: each policy check's
+        # bare CONNECT, and the exchanges a rate phase drops in flight when its time is up.
+        refused = [r for r in records if r["outcome"] == "tls_refused"]
+        assert len(refused) < len(tunnels) / 4
+        assert {(r["error"], r["bytes_client_to_server"]) for r in refused} == {
+            ("incomplete ClientHello", 0)
+        }
+    finally:
+        shutil.rmtree(rundir, ignore_errors=True)
+    assert processes_mentioning(str(rundir)) == []

@@ -501,3 +501,67 @@ def test_version_says_whether_the_connection_path_is_compiled() -> None:
         out
         == f"connectproxy {connectproxy.__version__} (compiled: {'yes' if compiled else 'no'})\n"
     )
+
+
+# --- the TLS guard in check-config and explain --------------------------------------------------
+
+GUARDED = """\
+clients:
+  - name: lab
+    networks: ["192.168.0.0/16"]
+    policies: [default, updates]
+allow:
+  domains: [".azure-devices.net"]
+  networks: ["192.0.2.0/24"]
+  tls: verify_sni
+policies:
+  updates:
+    domains: ["download.microsoft.com"]
+    tls: observe
+"""
+
+
+def test_check_config_prints_each_policys_tls_guard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(["check-config", "--config", write(tmp_path, "g.yaml", GUARDED)], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert (
+        "allow.tls: verify_sni (a tunnel must start with a TLS ClientHello naming the CONNECT "
+        "host)" in lines
+    )
+    assert "policies.updates.tls: observe (the tunnel's ClientHello is logged, never refused)" in (
+        lines
+    )
+
+
+def test_check_config_of_one_guarded_policy_prints_its_guard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = 'allow:\n  domains: [".azure-devices.net"]\n  tls: require\n'
+    code, out, _ = run(["check-config", "--config", write(tmp_path, "r.yaml", text)], capsys)
+    assert code == 0
+    assert "allow.tls: require (a tunnel must start with a TLS ClientHello)" in out.splitlines()
+
+
+def test_explain_says_what_the_guard_will_ask(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(tmp_path, "g.yaml", GUARDED)
+    code, out, _ = explain(
+        capsys, "--source", "192.168.1.1", "Hub.azure-devices.net:443", config=config
+    )
+    assert code == 0
+    assert out.splitlines()[1] == (
+        "tls: verify_sni: the tunnel must start with a TLS ClientHello whose server_name is "
+        "hub.azure-devices.net"
+    )
+    code, out, _ = explain(capsys, "--source", "192.168.1.1", "192.0.2.7:443", config=config)
+    assert out.splitlines()[1] == (
+        "tls: verify_sni: the tunnel must start with a TLS ClientHello without a server_name"
+    )
+    code, out, _ = explain(
+        capsys, "--source", "192.168.1.1", "download.microsoft.com:443", config=config
+    )
+    assert out.splitlines()[1] == "tls: observe: the tunnel's ClientHello is logged, never refused"

@@ -12,11 +12,15 @@ from pathlib import Path
 
 import pytest
 from cpbench import largeconfig
-from cpbench.cli import parse_size
+from cpbench.cli import parse_args, parse_size
 from cpbench.procfs import Snapshot, other_ticks
 from cpbench.report import comparison, fmt, markdown, ratios, summarize
 from cpbench.settings import BENCH_DIR as BENCH
+from cpbench.settings import TARGET_HOST
+from cpbench.tools import client_hello
 from cpbench.tracers import callgrind_total, strace_calls
+
+from connectproxy.wire.tlshello import ClientHello, parse_client_hello
 
 
 @pytest.mark.parametrize(
@@ -165,3 +169,19 @@ def test_large_config_password_hash_is_one_connectproxy_accepts() -> None:
     digest = largeconfig.password_hash()
     check_hash_format(digest)
     assert verify_password("bench", digest)
+
+
+def test_the_recorded_client_hello_is_one_for_the_target_name() -> None:
+    """The bytes `--client-hello` sends are a whole ClientHello naming the target, which the
+    proxy's own reader accepts, so connectproxy-tls measures the guard passing every tunnel."""
+    hello = client_hello(TARGET_HOST)
+    parsed = parse_client_hello(hello)
+    assert isinstance(parsed, ClientHello) and parsed.length == len(hello)
+    assert parsed.server_name == TARGET_HOST and parsed.version_text == "1.3"
+    assert len(hello) <= 16384  # loadgen's HELLO_MAX
+
+
+def test_the_tls_guard_target_implies_the_client_hello() -> None:
+    assert parse_args(["--proxies", "connectproxy-tls", "--quick"]).client_hello
+    assert parse_args(["--proxies", "connectproxy", "--quick", "--client-hello"]).client_hello
+    assert not parse_args(["--proxies", "connectproxy", "--quick"]).client_hello

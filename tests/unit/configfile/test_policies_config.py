@@ -150,18 +150,16 @@ def test_configs_without_policies_mean_what_they_meant() -> None:
 
 
 @pytest.mark.parametrize("where", ["allow", "policies.p"])
-@pytest.mark.parametrize("mode", ["observe", "require", "verify_sni"])
-def test_tls_modes_but_off_are_refused_until_the_guard_exists(where: str, mode: str) -> None:
+@pytest.mark.parametrize("mode", ["off", "observe", "require", "verify_sni"])
+def test_every_tls_mode_loads_and_turns_the_log_fields_on(where: str, mode: str) -> None:
     if where == "allow":
         text = f"allow:\n  domains: [a.example]\n  tls: {mode}\n"
     else:
         text = f"policies:\n  p:\n    domains: [a.example]\n    tls: {mode}\n"
-    error = fails(text)
-    assert error.key_path == f"{where}.tls"
-    assert error.line == (3 if where == "allow" else 4)
-    assert error.message == (
-        "not yet supported: the TLS guard comes in a later release; use tls: off"
-    )
+    config = load(text)
+    policy = config.allow if where == "allow" else config.policies["p"]
+    assert policy.tls == mode
+    assert config.tls_guard == (mode != "off")
 
 
 def test_an_unknown_tls_mode_lists_the_modes() -> None:

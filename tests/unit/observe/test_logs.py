@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from connectproxy.observe.logs import AccessRecord, access_json
+from connectproxy.policy.tlsguard import HelloSeen
 
 AWKWARD = [
     "",
@@ -23,7 +24,7 @@ AWKWARD = [
 ]
 
 
-def expected(rec: AccessRecord, report_mode: bool, ts: str) -> str:
+def expected(rec: AccessRecord, report_mode: bool, ts: str, tls_guard: bool = False) -> str:
     fields: dict[str, Any] = {
         "ts": ts,
         "client_addr": rec.client_addr,
@@ -44,6 +45,14 @@ def expected(rec: AccessRecord, report_mode: bool, ts: str) -> str:
     }
     if report_mode:
         fields["would_deny"] = bool(rec.would_deny)
+    if tls_guard:
+        seen = rec.hello or HelloSeen()
+        fields |= {
+            "sni": seen.sni,
+            "tls_version": seen.tls_version,
+            "alpn": seen.alpn,
+            "ja4": seen.ja4,
+        }
     fields["event"] = "access"
     return json.dumps(fields, separators=(",", ":"))
 
@@ -71,12 +80,30 @@ FULL = AccessRecord(
 )
 
 
+SEEN = HelloSeen(
+    "hub.azure-devices.net", "1.3", "h2,http/1.1", "t13d1516h2_8daaf6152771_e5627efa2ab1"
+)
+
+
+@pytest.mark.parametrize("tls_guard", [False, True])
 @pytest.mark.parametrize("report_mode", [False, True])
-@pytest.mark.parametrize("rec", [BASE, FULL, replace(FULL, would_deny=None)])
-def test_line_is_the_json_encoding_of_the_fields(rec: AccessRecord, report_mode: bool) -> None:
+@pytest.mark.parametrize(
+    "rec",
+    [
+        BASE,
+        FULL,
+        replace(FULL, would_deny=None),
+        replace(FULL, hello=SEEN),
+        replace(FULL, hello=HelloSeen()),
+        replace(BASE, hello=HelloSeen(tls_version="1.2")),
+    ],
+)
+def test_line_is_the_json_encoding_of_the_fields(
+    rec: AccessRecord, report_mode: bool, tls_guard: bool
+) -> None:
     ts = "2026-11-23T00:00:00.123Z"
-    line = access_json(rec, report_mode, ts)
-    assert line == expected(rec, report_mode, ts)
+    line = access_json(rec, report_mode, ts, tls_guard)
+    assert line == expected(rec, report_mode, ts, tls_guard)
     assert json.loads(line)["event"] == "access"
 
 
@@ -95,7 +122,8 @@ def test_any_string_in_any_text_field_is_escaped_as_json_would() -> None:
     for _ in range(500):
         changes = {name: rng.choice(AWKWARD) for name in text_fields}
         changes["server_addr"] = rng.choice([None, *AWKWARD])
-        rec = replace(FULL, **changes)  # type: ignore[arg-type]
-        line = access_json(rec, True, "ts")
-        assert line == expected(rec, True, "ts")
+        hello = HelloSeen(*(rng.choice([None, *AWKWARD]) for _ in range(4)))
+        rec = replace(FULL, hello=hello, **changes)  # type: ignore[arg-type]
+        line = access_json(rec, True, "ts", tls_guard=True)
+        assert line == expected(rec, True, "ts", tls_guard=True)
         assert "\n" not in line  # one record, one line
