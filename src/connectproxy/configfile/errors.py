@@ -43,13 +43,12 @@ class Where:
     like the frozen dataclass it replaced; only the spelled-out path is remembered.
     """
 
-    __slots__ = ("_indexed", "_label", "_parent", "_path", "line")
+    __slots__ = ("_label", "_parent", "_path", "line")
 
     def __init__(self, path: str | None, line: int | None) -> None:
         self._path = path
         self._parent: Where | None = None
-        self._label = ""
-        self._indexed = False
+        self._label: str | int = ""
         self.line = line
 
     @property
@@ -59,11 +58,10 @@ class Where:
             return self._path
         above = parent.path
         label = self._label
-        if above and not self._indexed:
-            label = f"{above}.{label}"
-        elif above:
-            label = f"{above}{label}"
-        path = label
+        if isinstance(label, int):  # a list index
+            path = f"{above or ''}[{label}]"
+        else:
+            path = f"{above}.{label}" if above else label
         self._path = path
         self._parent = None
         return path
@@ -75,10 +73,11 @@ class Where:
         return child
 
     def index(self, label: int | str, line: int | None) -> Where:
+        if isinstance(label, str):  # a label that is not a position: rare, spelled out now
+            return Where(f"{self.path or ''}[{label}]", line)
         child = Where(None, line)
         child._parent = self
-        child._label = f"[{label}]"
-        child._indexed = True
+        child._label = label
         return child
 
     def describe(self) -> str:
