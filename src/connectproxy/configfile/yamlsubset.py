@@ -31,9 +31,6 @@ class _Outside(Exception):
     """The text leaves the subset: read it with PyYAML instead."""
 
 
-# Anything but printable ASCII and newlines sends the text to PyYAML, which also knows which
-# characters YAML refuses and says so with the line.
-_OUTSIDE_CHARS = re.compile(r"[^\n\x20-\x7e]")
 # `key:` then the end of the line, or spaces and a value (or a comment).
 _KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_.\-]*):(?: +(.*))?")
 # A word YAML 1.1 reads as a string (given it is not one of _NOT_STRINGS), or as a decimal int or
@@ -61,7 +58,10 @@ _Line = tuple[int, int, str]
 def read_subset(text: str) -> tuple[Any, int | None] | None:
     """The document's data and the line it starts on, as `yamlreader.read_yaml` gives them, or
     None when the text is not (obviously) in the subset."""
-    if _OUTSIDE_CHARS.search(text):
+    # Anything but printable ASCII and newlines (tabs, carriage returns, other controls, any
+    # non-ASCII character) sends the text to PyYAML, which also knows which characters YAML
+    # refuses and says so with the line. Two passes in C, a tenth of a regular expression's.
+    if not text.isascii() or not text.replace("\n", "").isprintable():
         return None
     lines: list[_Line] = []
     for number, raw in enumerate(text.split("\n"), start=1):
