@@ -97,7 +97,8 @@ def run_with(s: Settings, env: JsonDict) -> tuple[JsonDict, int]:
             rounds += [{"round": rnd, "proxy": p, "metrics": merged[p]} for p in order]
         if LARGE in s.proxies:
             # Not a round's scenario: a figure of the command line, on the proxy's CPU too.
-            explained = explain.measure(s.connectproxy, rundir)
+            runs = 5 if s.quick else explain.RUNS
+            explained = explain.measure(s.connectproxy, rundir, runs)
             print(f"  {explain.line(explained)}", flush=True)
     except BenchError as exc:
         error = str(exc)  # reported with the table, after the partial results are saved
