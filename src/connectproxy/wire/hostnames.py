@@ -46,7 +46,8 @@ def normalise_hostname(name: str) -> str:
         raise ValueError("host name is longer than 253 characters")
     if _plain_name(host):
         last = host[host.rfind(".") + 1 :]
-        if _NUMERIC_LABEL.match(last):
+        # Only a label starting with a digit can be numeric: most names skip the expression.
+        if last[0].isdigit() and _NUMERIC_LABEL.match(last):
             raise ValueError("host name ends in a numeric label (an IP address in disguise)")
         return host
     labels = host.split(".")
