@@ -11,6 +11,7 @@ tracers      valgrind's callgrind and strace, for the counts that do not drift
 journal      what a run records besides figures: raw output, notes, noise
 scenarios    rate, throughput, idle, instructions, syscalls: each a set of figures
 report       medians over rounds, ratios, and the Markdown table
+explain      `connectproxy explain` on the large config: wall time from start to answer
 driver       one whole run: the rounds, in alternating order, and the result
 
 Only the Python standard library is used, so any python3 >= 3.11 can run it.

@@ -15,6 +15,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from . import explain
 from .environment import congestion_control, environment
 from .processes import become_subreaper, stop_tree
 from .report import FAILURE_KEYS, comparison, headline, markdown, ratios, summarize
@@ -22,6 +23,7 @@ from .scenarios import Scenarios
 from .settings import (
     DENIED_HOST,
     INSTRUCTIONS,
+    LARGE,
     SYSCALLS,
     TARGET_HOST,
     BenchError,
@@ -75,6 +77,7 @@ def run_with(s: Settings, env: JsonDict) -> tuple[JsonDict, int]:
         flush=True,
     )
     rounds: list[JsonDict] = []
+    explained: JsonDict | None = None
     error: str | None = None
     try:
         bench.tools.start_origin(rundir, lifetime=eta * 3 + 600)
@@ -92,6 +95,11 @@ def run_with(s: Settings, env: JsonDict) -> tuple[JsonDict, int]:
                         flush=True,
                     )
             rounds += [{"round": rnd, "proxy": p, "metrics": merged[p]} for p in order]
+        if LARGE in s.proxies:
+            # Not a round's scenario: a figure of the command line, on the proxy's CPU too.
+            runs = 5 if s.quick else explain.RUNS
+            explained = explain.measure(s.connectproxy, rundir, runs)
+            print(f"  {explain.line(explained)}", flush=True)
     except BenchError as exc:
         error = str(exc)  # reported with the table, after the partial results are saved
     except KeyboardInterrupt:
@@ -110,6 +118,8 @@ def run_with(s: Settings, env: JsonDict) -> tuple[JsonDict, int]:
         p: sum(summary[p].get(k, {}).get("sum", 0) for k in FAILURE_KEYS) for p in s.proxies
     }
     table = markdown(summary, s.proxies, ratio, pair)
+    if explained is not None:
+        table += f"\n\n{explain.line(explained)}"
     missing = [p for p in s.proxies if not any(r["proxy"] == p for r in rounds)]
     result: JsonDict = {
         "format": "connectproxy-bench/1",
@@ -126,6 +136,7 @@ def run_with(s: Settings, env: JsonDict) -> tuple[JsonDict, int]:
         "access_log_lines_per_instance": bench.journal.access_log_lines,
         "targets": bench.journal.targets,
         "warnings": bench.journal.warnings,
+        "explain_large": explained,
         "table_markdown": table,
         "rundir": str(rundir),  # removed after the run unless --keep-rundir
         "raw": bench.journal.raw,

@@ -102,10 +102,12 @@ class Client:
 
 @dataclass(frozen=True)
 class User:
-    """Admitted by Basic credentials; `networks` empty means from anywhere."""
+    """Admitted by Basic credentials; `networks` empty means from anywhere. `password_hash`
+    None: the password is the one the htpasswd file holds for `name` (the file is read again
+    when it changes), and this entry only binds the user's policies and networks."""
 
     name: str
-    password_hash: str = field(repr=False)
+    password_hash: str | None = field(repr=False)
     networks: tuple[IPNetwork, ...] = ()
     policies: tuple[str, ...] = DEFAULT_POLICIES  # names, tried in this order
 

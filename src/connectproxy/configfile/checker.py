@@ -42,6 +42,11 @@ class Checker:
         # Every policy name a client or user is bound to, with its place: whether each is
         # defined is known only once `policies` is read, wherever it is in the file.
         self.policy_refs: list[tuple[str, Where]] = []
+        # `users` entries without password_hash (their password is in the htpasswd file), and
+        # the names that file holds once read: whether each entry has its line is known only
+        # once both sections are read, in whatever order the file has them.
+        self.password_file_users: list[tuple[str, Where]] = []
+        self.htpasswd_names: frozenset[str] = frozenset()
 
     def error(self, where: Where, message: str) -> ConfigError:
         return ConfigError(self.source, where.path, where.line, message)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from connectproxy.config.model import DEFAULT_POLICY, Config, Listener, Metrics, Policy
@@ -67,13 +68,15 @@ def validate(check: Checker, data: Any, where: Where) -> Config:
     clients = top.get_or("clients", identities.clients, ())
     users = top.get_or("users", identities.users, ())
     _check_policy_names(check, named)
+    password_file = top.get_or("htpasswd_file", htpasswd_file, None)
+    _check_password_file_users(check, password_file)
     config = Config(
         listen=listen,
         allow=allow,
         policies=named,
         clients=clients,
         users=users,
-        htpasswd_file=top.get_or("htpasswd_file", htpasswd_file, None),
+        htpasswd_file=password_file,
         upstream=top.get_or("upstream", upstream, None),
         destinations=top.get_or("destinations", destinations, _DEFAULTS.destinations),
         timeouts=top.get_or("timeouts", runtime.timeouts, _DEFAULTS.timeouts),
@@ -134,6 +137,27 @@ def _check_policy_names(check: Checker, named: dict[str, Policy]) -> None:
             f"no policy is named {name!r}; {suggestion}defined policies: {', '.join(defined)} "
             "(default is the allow section)",
         )
+
+
+def _check_password_file_users(check: Checker, password_file: Path | None) -> None:
+    """A `users` entry without password_hash takes its password from the htpasswd file: without
+    one it could never log in, which is a mistake. A name the file does not hold (yet) is only
+    warned about: the file is read again when it changes, so the line may come later."""
+    for user, where in check.password_file_users:
+        if password_file is None:
+            raise check.error(
+                where,
+                f"user {user!r} has no password_hash and there is no htpasswd_file to hold its "
+                "password: add password_hash (create one with `connectproxy hash-password`), "
+                "or set htpasswd_file",
+            )
+        if user not in check.htpasswd_names:
+            check.warn(
+                where,
+                f"user {user!r} has no password_hash and {str(password_file)!r} has no line "
+                "for it, so it cannot log in until one is added (the file is read again when "
+                "it changes)",
+            )
 
 
 def _admits_nothing(policy: Policy) -> bool:

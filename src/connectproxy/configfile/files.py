@@ -55,9 +55,10 @@ def htpasswd_file(check: Checker, value: Any, where: Where) -> Path:
     """Checked now, entries included, so check-config catches a broken file."""
     path = readable_file(check, value, where)
     try:
-        Htpasswd.load(path)
+        loaded = Htpasswd.load(path)
     except HtpasswdError as error:
         raise check.error(where, str(error)) from None
+    check.htpasswd_names = frozenset(loaded.entries)
     return path
 
 

@@ -4,7 +4,8 @@ Client and user names share one namespace (`Checker.names`) because both label t
 and log field; a second entry with a name already used is refused with the place of the first.
 Password hashes are checked for their format only, and a value that looks like a plaintext
 password is refused without ever being repeated in the message. (`htpasswd_file` is read, so it
-is checked in `files`.)
+is checked in `files`.) A `users` entry without `password_hash` names a user of the htpasswd file,
+to give it policies or networks; `document` checks that there is such a file.
 """
 
 from __future__ import annotations
@@ -78,10 +79,10 @@ def users(check: Checker, value: Any, where: Where) -> tuple[User, ...]:
         section = Section(check, item, at, ("name", "password_hash", "networks", "policies"))
         name_value, name_at = section.require("name", "the Basic user name")
         user_name = basic_user_name(check, name_value, name_at)
-        password_hash = _password_hash(
-            check,
-            *section.require("password_hash", "create one with `connectproxy hash-password`"),
-        )
+        hash_item = section.get("password_hash")
+        password_hash = None if hash_item is None else _password_hash(check, *hash_item)
+        if password_hash is None:
+            check.password_file_users.append((user_name, at))
         user_networks = section.get_or("networks", networks, ())
         _claim_name(check, user_name, name_at)
         bound = section.get_or("policies", _policy_names, DEFAULT_POLICIES)

@@ -15,7 +15,6 @@ mapping built in Python (the squid.conf translator), without lines.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +59,10 @@ def load_config(path: Path | None) -> Config:
 
 def load_default() -> Config:
     """The embedded default (docs/configuration.md, "The embedded default"), shipped as
-    package data so a fresh install serves."""
+    package data so a fresh install serves. (importlib.resources is imported here: only this
+    path needs it, and `explain --config FILE` should not pay for it.)"""
+    from importlib import resources
+
     text = (
         resources.files("connectproxy.config").joinpath("default.yaml").read_text(encoding="utf-8")
     )

@@ -110,12 +110,19 @@ def networks(check: Checker, value: Any, where: Where) -> tuple[IPNetwork, ...]:
 
 
 def domain_patterns(check: Checker, value: Any, where: Where) -> tuple[DomainPattern, ...]:
+    """A policy's `domains`. A policy may list thousands, so the common case (a string that is
+    a valid pattern) makes no place for its item: `items` is asked only to name a bad one."""
+    if not isinstance(value, list | tuple):
+        items(check, value, where)  # raises: not a list
     patterns = []
-    for item, at in items(check, value, where):
-        text = string(check, item, at)
+    for index, text in enumerate(value):
         try:
+            if not isinstance(text, str):
+                raise TypeError
             patterns.append(parse_domain_pattern(text))
-        except ValueError as error:
+        except (TypeError, ValueError) as error:
+            at = items(check, value, where)[index][1]
+            string(check, text, at)  # raises for a value that is not a string
             raise check.error(
                 at,
                 f'{text!r} is not a domain pattern: {error}; write ".example.com" '

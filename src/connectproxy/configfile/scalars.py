@@ -37,7 +37,8 @@ def _quote_hint(value: Any) -> str:
 
 
 def has_control(text: str) -> bool:
-    return any(unicodedata.category(char) == "Cc" for char in text)
+    # Control characters are never printable, so the common printable name skips the walk.
+    return not text.isprintable() and any(unicodedata.category(char) == "Cc" for char in text)
 
 
 def string(check: Checker, value: Any, where: Where) -> str:

@@ -102,7 +102,7 @@ def _bound_line(prefix: str, name: str, config: Config) -> str:
     clients = [client.name for client in config.clients if name in client.policies]
     users = [user.name for user in config.users if name in user.policies]
     if name == DEFAULT_POLICY and config.htpasswd_file is not None:
-        users.append("(htpasswd_file users)")
+        users.append("(htpasswd_file users without a users entry)")
     return f"{prefix} bound to: clients {_join(clients)}; users {_join(users)}"
 
 
@@ -211,7 +211,8 @@ def summarize(config: Config) -> list[str]:
     for user in config.users:
         origin = f"from {_join(user.networks)}" if user.networks else "from any address"
         bound = f"; policies {_join(user.policies)}" if named else ""
-        lines.append(f"user {user.name}: Basic password, {origin}{bound}")
+        password = "Basic password" if user.password_hash else "Basic password from htpasswd_file"
+        lines.append(f"user {user.name}: {password}, {origin}{bound}")
     lines += _overlap_notes(config)
     lines.append(f"htpasswd_file: {config.htpasswd_file or '(none)'}")
     lines += _upstream_lines(config.upstream)

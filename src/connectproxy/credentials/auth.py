@@ -76,7 +76,8 @@ class Authenticator:
         if cache_size < 0 or cache_ttl < 0:
             raise ValueError("cache_size and cache_ttl must not be negative")
         for user in users:
-            check_hash_format(user.password_hash)
+            if user.password_hash is not None:
+                check_hash_format(user.password_hash)
         self._users = {user.name: user for user in users}
         self._cache_ttl = cache_ttl
         self._cache_size = cache_size
@@ -110,7 +111,8 @@ class Authenticator:
         )
 
     async def verify(self, username: str, password: str) -> bool:
-        """True iff a `users` entry (or, failing that, the htpasswd file) accepts the password."""
+        """True iff a `users` entry's password_hash (or, for a name without one, the htpasswd
+        file) accepts the password."""
         self._maybe_reload_htpasswd()
         key = self._cache_key(username, password)
         if self._cache_hit(key):
@@ -133,8 +135,9 @@ class Authenticator:
         reveals that the name exists, never anything about the password.)
         """
         user = self._users.get(username)
-        if user is not None:
+        if user is not None and user.password_hash is not None:
             return verify_password(password, user.password_hash)
+        # Not a `users` entry, or one whose password the htpasswd file holds.
         htpasswd = self._htpasswd
         if htpasswd is not None:
             result = htpasswd.verify(username, password)

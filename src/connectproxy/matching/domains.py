@@ -87,8 +87,11 @@ class DomainIndex:
         by_domain: dict[str, tuple[DomainPattern, ...]] = {}
         size = 0
         for pattern in patterns:
-            there = by_domain.get(pattern.domain, ())
-            if all(p.kind != pattern.kind for p in there):  # a repeated pattern adds nothing
+            there = by_domain.get(pattern.domain)
+            if there is None:
+                by_domain[pattern.domain] = (pattern,)
+                size += 1
+            elif all(p.kind != pattern.kind for p in there):  # a repeat adds nothing
                 by_domain[pattern.domain] = (*there, pattern)
                 size += 1
         self._by_domain = by_domain

@@ -32,7 +32,6 @@ from connectproxy.policy.decide import Route, destination
 from connectproxy.wire.http import RequestError, Target, parse_target
 
 DEFAULT_PORT = 443
-DEFAULT_TIMEOUT = 10.0
 
 Step = Literal["policy", "dns", "tcp", "upstream", "tls"]
 

@@ -1,24 +1,22 @@
 """The `connectproxy doctor` command: its options, and the table of results (one row a target,
-the step that failed and each step's time). The probing itself is doctor.py."""
+the step that failed and each step's time). The probing itself is doctor.py.
+
+doctor.py (and with it the network layers, asyncio and ssl) is imported only when the command
+runs: every other command builds the same argument parser, and `explain` must not pay for them.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import ssl
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from connectproxy.configfile.load import load_config
-from connectproxy.process.doctor import (
-    DEFAULT_TIMEOUT,
-    Result,
-    TargetError,
-    default_targets,
-    parse_doctor_target,
-    run_doctor,
-)
+if TYPE_CHECKING:
+    from connectproxy.process.doctor import Result
+
+# Seconds a target may take before doctor gives up on it.
+DEFAULT_TIMEOUT = 10.0
 
 
 def _duration(value: float | None) -> str:
@@ -138,7 +136,19 @@ def _usage_error(message: str) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     """0 when every target is reachable, 1 otherwise, 2 for a mistake on the command line.
     A broken config raises ConfigError, which the CLI prints (exit 2)."""
+    import json
+    import ssl
+    from pathlib import Path
+
     import uvloop
+
+    from connectproxy.configfile.load import load_config
+    from connectproxy.process.doctor import (
+        TargetError,
+        default_targets,
+        parse_doctor_target,
+        run_doctor,
+    )
 
     config = load_config(Path(args.config) if args.config else None)
     skipped: list[str] = []

@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import argparse
 import calendar
-import http.client
 import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from connectproxy.config.model import Config
 from connectproxy.configfile.errors import ConfigError
 from connectproxy.configfile.load import load_config
 from connectproxy.server.tunnelfilter import FILTER_KEYS, FilterError, parse_filter_args
+
+if TYPE_CHECKING:
+    from connectproxy.config.model import Config
 
 TIMEOUT = 10.0
 # A wildcard listen address is reached on the loopback of its family.
@@ -121,6 +122,8 @@ def _call(host: str, port: int, token: str, method: str, path: str, body: object
     headers = {"Authorization": f"Bearer {token}"}
     if payload is not None:
         headers["Content-Type"] = "application/json"
+    import http.client  # only this command talks HTTP: `explain` stays light (cli.py)
+
     conn = http.client.HTTPConnection(host, port, timeout=TIMEOUT)
     try:
         conn.request(method, path, body=payload, headers=headers)

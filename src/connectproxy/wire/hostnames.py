@@ -10,13 +10,24 @@ import re
 
 _LABEL_TEXT = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _LABEL = re.compile(_LABEL_TEXT + r"\Z")
-# The whole name at once: every label as `_LABEL` checks it. One match instead of one per
-# label halved the time to read a config of 10,000 domain patterns; the loop below runs only
-# for a name this refuses, to say which rule it breaks.
-_NAME = re.compile(rf"(?:{_LABEL_TEXT}\.)*{_LABEL_TEXT}\Z")
 # A last label that a resolver could read as a number (decimal, octal or hex) turns the name into
 # an IP address behind the allowlist's back: `127.1`, `2130706433`, `0x7f000001`.
 _NUMERIC_LABEL = re.compile(r"(?:[0-9]+|0x[0-9a-f]*)\Z")
+
+
+def _plain_name(host: str) -> bool:
+    """Whether every label of `host` (ASCII, lowercased) is as `_LABEL` checks it, in a few
+    string operations that run in C: letters, digits, dots and hyphens only, no label empty,
+    none starting or ending with a hyphen, none longer than 63. This is the path every valid
+    name takes, in every request and for each of a config's domain patterns; a regular
+    expression doing the same per label cost a third of the time to read 10,000 patterns. The
+    loop in `normalise_hostname` runs only for a name this refuses, to say which rule it breaks.
+    """
+    if not host.replace("-", "").replace(".", "").isalnum():
+        return False
+    if host[0] in ".-" or host[-1] in ".-" or ".." in host or ".-" in host or "-." in host:
+        return False
+    return len(host) <= 63 or max(map(len, host.split("."))) <= 63
 
 
 def normalise_hostname(name: str) -> str:
@@ -33,9 +44,10 @@ def normalise_hostname(name: str) -> str:
         raise ValueError("host name is empty")
     if len(host) > 253:
         raise ValueError("host name is longer than 253 characters")
-    if _NAME.match(host):
+    if _plain_name(host):
         last = host[host.rfind(".") + 1 :]
-        if _NUMERIC_LABEL.match(last):
+        # Only a label starting with a digit can be numeric: most names skip the expression.
+        if last[0].isdigit() and _NUMERIC_LABEL.match(last):
             raise ValueError("host name ends in a numeric label (an IP address in disguise)")
         return host
     labels = host.split(".")

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 import pytest
-from cpbench import largeconfig
+from cpbench import explain, largeconfig
 from cpbench.cli import parse_args, parse_size
 from cpbench.procfs import Snapshot, other_ticks
 from cpbench.report import comparison, fmt, markdown, ratios, summarize
@@ -185,3 +185,29 @@ def test_the_tls_guard_target_implies_the_client_hello() -> None:
     assert parse_args(["--proxies", "connectproxy-tls", "--quick"]).client_hello
     assert parse_args(["--proxies", "connectproxy", "--quick", "--client-hello"]).client_hello
     assert not parse_args(["--proxies", "connectproxy", "--quick"]).client_hello
+
+
+def test_the_explain_line_gives_the_median_and_the_bare_start() -> None:
+    stats = {"median_ms": 61.4, "min_ms": 55.0, "max_ms": 90.2, "runs": 21}
+    result = {"explain": stats, "bare_start": {**stats, "median_ms": 19.6}}
+    assert explain.line(result) == (
+        "explain on the large config: median 61 ms over 21 runs (min 55, max 90); "
+        "the interpreter alone starts in 20 ms"
+    )
+    del result["bare_start"]
+    assert explain.line(result).endswith("(min 55, max 90)")
+
+
+def test_the_interpreter_is_read_from_the_console_scripts_first_line(tmp_path: Path) -> None:
+    script = tmp_path / "connectproxy"
+    script.write_text("#!/bin/sh\nexec true\n")
+    assert explain._interpreter(str(script)) == "/bin/sh"
+    script.write_text("no interpreter line\n")
+    assert explain._interpreter(str(script)) is None
+    assert explain._interpreter(str(tmp_path / "missing")) is None
+
+
+def test_the_explain_config_is_the_large_targets_config() -> None:
+    text = explain.large_config_text(8443)
+    assert text.count("    domains: [") == largeconfig.POLICIES
+    assert "ports: [443, 8443]" in text

@@ -725,7 +725,12 @@ ERRORS = [
         id="malformed-hash",
     ),
     pytest.param(
-        "users:\n  - name: bob\n", "users[0].password_hash", 2, "is required", id="hash-missing"
+        "users:\n  - name: bob\n    networks: [10.0.0.0/8]\n",
+        "users[0]",
+        2,
+        "user 'bob' has no password_hash and there is no htpasswd_file to hold its password: "
+        "add password_hash",
+        id="hash-missing-without-htpasswd",
     ),
     pytest.param(
         "htpasswd_file: nowhere/htpasswd\n",

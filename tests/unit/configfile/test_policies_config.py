@@ -5,6 +5,7 @@ can make with them (key path, line, how to fix it), the warnings, and what `chec
 from __future__ import annotations
 
 import textwrap
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
@@ -300,6 +301,60 @@ def test_htpasswd_users_count_as_bound_to_default(tmp_path: Path) -> None:
     )
     with_htpasswd = parse_config(text + "htpasswd_file: htpasswd\n", "test.yaml", tmp_path)
     assert with_htpasswd.warnings == ()
+
+
+# --- htpasswd users bound to policies ---------------------------------------------------------
+
+FILED_USERS = """\
+    allow:
+      domains: [download.microsoft.com]
+    policies:
+      iot:
+        domains: [".azure-devices.net"]
+    clients: []
+    users:
+      - name: alice
+        policies: [iot]
+        networks: ["10.9.0.0/16"]
+      - name: ghost
+        policies: [iot]
+      - name: local
+        password_hash: "{hash}"
+    htpasswd_file: htpasswd
+    """
+
+
+def test_a_user_without_hash_binds_an_htpasswd_user(tmp_path: Path) -> None:
+    """The file may come after `users`; a name it lacks is warned about, not refused, since the
+    file is read again when it changes. Users only in the file keep [default]."""
+    line = "{SHA}5en6G6MezRroT3XKqkdPOmY/BfQ="
+    (tmp_path / "htpasswd").write_text(f"alice:{line}\nbob:{line}\n")
+    text = textwrap.dedent(FILED_USERS.format(hash=HASH))
+    config = parse_config(text, "test.yaml", tmp_path)
+    alice, ghost, local = config.users
+    assert (alice.name, alice.password_hash, alice.policies) == ("alice", None, ("iot",))
+    assert alice.networks == (ip_network("10.9.0.0/16"),)
+    assert ghost.password_hash is None and local.password_hash == HASH
+    assert config.htpasswd_file == tmp_path / "htpasswd"
+    assert config.warnings == (
+        f"test.yaml:11: users[1]: user 'ghost' has no password_hash and "
+        f"'{tmp_path / 'htpasswd'}' has no line for it, so it cannot log in until one is added "
+        "(the file is read again when it changes)",
+    )
+    lines = summarize(config)
+    assert "user alice: Basic password from htpasswd_file, from 10.9.0.0/16; policies iot" in lines
+    assert "user local: Basic password, from any address; policies default" in lines
+    assert (
+        "allow (policy default) bound to: clients (none); users local, "
+        "(htpasswd_file users without a users entry)" in lines
+    )
+
+
+def test_a_user_without_hash_needs_an_htpasswd_file() -> None:
+    text = FILED_USERS.format(hash=HASH).replace("    htpasswd_file: htpasswd\n", "")
+    error = fails(text)
+    assert (error.key_path, error.line) == ("users[0]", 8)
+    assert "user 'alice' has no password_hash and there is no htpasswd_file" in error.message
 
 
 def test_admits_nothing_fires_only_for_a_policy_someone_is_bound_to() -> None:

@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import re
 import shutil
+from ipaddress import ip_address
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,8 @@ from connectproxy.configfile.squid.access import DEFENDER_ALLOWLIST
 from connectproxy.configfile.squid.parse import Directive, SquidConfError, read_squid_conf
 from connectproxy.configfile.squid.report import SquidImportError
 from connectproxy.configfile.squid.translate import Translation, translate, translate_file
+from connectproxy.policy.decide import Credentials, Source, decide
+from connectproxy.wire.http import Target, parse_target
 from tests.support import DATA as SUPPORT_DATA
 
 DATA = SUPPORT_DATA / "squid"
@@ -374,11 +377,53 @@ def test_each_client_keeps_its_own_sites() -> None:
 def test_named_users_and_source_limits_are_reported() -> None:
     translation, config = translated("auth-users.conf")
     file = DATA / "auth-users.conf"
-    # Users of htpasswd_file are all bound alike, from any address: a line limited to some of
-    # them, or to some sources, admits nobody rather than more than Squid did.
+    # Users of htpasswd_file are admitted from any address: a line limited to some sources
+    # admits nobody rather than more than Squid did.
     assert config.clients == ()
     assert config.htpasswd_file is None
-    assert_warning(translation, file, 9, "only the users alice, bob", "nobody is admitted")
+    assert_warning(translation, file, 9, "only from plant", "nobody is admitted")
+
+
+def test_lines_naming_users_bind_those_users_to_their_own_policies() -> None:
+    """`proxy_auth alice` lines become policies bound to users entries without password_hash:
+    each user reaches what its own lines allow and nothing else, and the file's other users
+    reach nothing, as in Squid."""
+    translation, config = translated("auth-named.conf")
+    file = DATA / "auth-named.conf"
+    assert config.htpasswd_file == DATA / "passwords"
+    assert [(u.name, u.password_hash, u.policies) for u in config.users] == [
+        ("alice", None, ("line-11",)),
+        ("bob", None, ("line-12",)),
+        ("sensor2", None, ("line-12",)),
+    ]
+    assert [p.text for p in config.policies["line-11"].domains] == [".azure-devices.net"]
+    assert [p.text for p in config.policies["line-12"].domains] == ["download.microsoft.com"]
+    assert config.allow.domains == ()  # the file's other users: nothing
+    assert_warning(translation, file, 4, "every proxy_auth allow line names its users")
+    hub = parse_target("a.azure-devices.net:443")
+    updates = parse_target("download.microsoft.com:443")
+    anywhere = Source(ip_address("192.0.2.1"), 0)
+
+    def allowed(user: str, target: Target) -> bool:
+        return decide(target, anywhere, Credentials(user, True), config).allowed
+
+    assert allowed("alice", hub) and not allowed("alice", updates)
+    assert allowed("sensor2", updates) and not allowed("sensor2", hub)
+    assert not allowed("someone-else", hub) and not allowed("someone-else", updates)
+
+
+def test_a_named_user_also_gets_the_lines_admitting_any_user(tmp_path: Path) -> None:
+    conf = (
+        (DATA / "auth-named.conf")
+        .read_text()
+        .replace("acl vendor proxy_auth sensor2 bob", "acl vendor proxy_auth REQUIRED")
+    )
+    shutil.copy(DATA / "passwords", tmp_path / "passwords")
+    (tmp_path / "required.conf").write_text(conf)
+    translation = translate_file(tmp_path / "required.conf")
+    config = load(translation, tmp_path / "required.conf")
+    assert [(u.name, u.policies) for u in config.users] == [("alice", ("line-11", "default"))]
+    assert [p.text for p in config.allow.domains] == ["download.microsoft.com"]
 
 
 def test_deny_not_authenticated_makes_later_lines_need_a_password() -> None:

@@ -140,6 +140,23 @@ async def test_config_users_take_precedence(
     assert not await auth.verify("bob", "secret")
 
 
+async def test_an_entry_without_hash_takes_the_password_from_the_file(
+    tmp_path: Path, make: Callable[..., CountingAuthenticator], users: list[User]
+) -> None:
+    """`users` entries without password_hash only bind policies: the file holds the password,
+    and a name the file lacks is refused after the same dummy hash as an unknown one."""
+    path = tmp_path / "htpasswd"
+    write(path, f"carol:{SHA_CAROL_SECRET}\n", 1)
+    bound = [*users, User("carol", None, policies=("iot",)), User("ghost", None)]
+    auth = make(bound, path)
+    assert await auth.verify("carol", "secret")
+    assert not await auth.verify("carol", "wrong")
+    assert not await auth.verify("ghost", "secret")
+    assert auth.calls[-1] == "ghost"  # the slow path ran for it, as for any unknown name
+    no_file = make([User("carol", None)], None)
+    assert not await no_file.verify("carol", "secret")
+
+
 async def test_construction_refuses_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="hash-password"):
         Authenticator([User(name="eve", password_hash="plaintext")], None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from ipaddress import ip_address, ip_network
+from pathlib import Path
 
 import pytest
 
@@ -77,7 +78,10 @@ CONFIG = Config(
         User("jump", HASH, policies=("updates",)),
         User("admin", HASH, networks=nets("10.50.0.0/16"), policies=("lab", "iot-hub")),
         User("plain", HASH),
+        # Its password is in the htpasswd file; the entry binds its policies and networks.
+        User("filed", None, networks=nets("10.60.0.0/16"), policies=("iot-hub",)),
     ),
+    htpasswd_file=Path("/etc/connectproxy/htpasswd"),
 )
 SENSORS = src("10.100.0.7")
 LAB_HOST = src("10.200.1.1")
@@ -177,6 +181,7 @@ def test_report_mode_is_known_per_config() -> None:
         (src("10.50.0.1"), Credentials("admin", True), ("lab", "iot-hub")),
         (OTHERS, Credentials("plain", True), ("default",)),
         (OTHERS, Credentials("from-htpasswd", True), ("default",)),  # htpasswd: [default]
+        (src("10.60.0.9"), Credentials("filed", True), ("iot-hub",)),  # htpasswd, bound
     ],
 )
 def test_admission_carries_the_identitys_policies(
@@ -186,6 +191,18 @@ def test_admission_carries_the_identitys_policies(
     assert admitted.allowed
     assert admitted.policies == policies
     assert admitted.policy is None  # no destination decided yet
+
+
+def test_an_htpasswd_user_with_an_entry_gets_its_policies_and_networks() -> None:
+    """A users entry without password_hash binds an htpasswd user like any other entry: its
+    policies replace [default], and its networks limit where it may log in from."""
+    hub = target("hub.azure-devices.net:443")
+    allowed(decide(hub, src("10.60.0.9"), Credentials("filed", True), CONFIG), "iot-hub")
+    plain = target("download.microsoft.com:443")  # in default, not in iot-hub
+    assert decide(plain, src("10.60.0.9"), Credentials("filed", True), CONFIG).status == 403
+    outside = decide(hub, OTHERS, Credentials("filed", True), CONFIG)
+    assert (outside.status, outside.reason) == (407, "user not allowed from this address")
+    assert decide(hub, src("10.60.0.9"), Credentials("filed", False), CONFIG).status == 407
 
 
 def test_refused_admission_has_no_policy() -> None:

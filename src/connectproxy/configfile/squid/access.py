@@ -7,8 +7,11 @@ ports and hosts they may reach after the deny lines above it. connectproxy's mod
 - one policy per allow line that admits by address (its hosts and ports, after the denies
   above it), and the clients: the source addresses cut into the regions the same lines admit,
   each bound to those lines' policies, so no client reaches what Squid gave only another;
-- `allow` (the policy `default`): for users of the htpasswd file, who are always bound to it,
-  the union of the proxy_auth lines; else the first line's policy.
+- one policy per allow line that names its users (`proxy_auth alice bob`), bound to those users
+  through `users` entries without password_hash (the htpasswd file keeps their passwords);
+- `allow` (the policy `default`): for the other users of the htpasswd file, the union of the
+  `proxy_auth REQUIRED` lines (nothing when there are none, as in Squid); else the first line's
+  policy. A named user is bound to `default` too when such lines exist: they admit any user.
 
 This is the one step that decides how the terms combine into what each client or user may
 reach; rules.py before it knows nothing of connectproxy's shape. Where that shape cannot say what
@@ -85,19 +88,36 @@ def access(
         for t, p in destinations
         if t.match.users is not None and _password_admission(t, password_file, report)
     ]
+    # Lines admitting any user of the file share `default`; lines naming users get policies.
+    any_user_terms = [(t, p) for t, p in user_terms if _any_user(t)]
+    named_terms = [(t, p) for t, p in user_terms if not _any_user(t)]
     source_terms = [(t, p) for t, p in destinations if t.match.users is None]
-    names = _policy_names([t for t, _ in source_terms], default_first=not user_terms)
+    own_terms = source_terms + named_terms
+    names = _policy_names([t for t, _ in own_terms], default_first=not user_terms)
     policies: dict[str, dict[str, Any]] = {}
-    for position, ((_, policy), name) in enumerate(zip(source_terms, names, strict=True)):
+    for position, ((_, policy), name) in enumerate(zip(own_terms, names, strict=True)):
         # A line allowing exactly what an earlier one allows shares its policy.
         same = [n for n, mapping in policies.items() if mapping == policy.mapping()]
         if same:
             names[position] = same[0]
         else:
             policies[name] = policy.mapping()
-    if user_terms:
-        default = _union([p for _, p in user_terms])
-        _check_user_widening([t for t, _ in user_terms], default, report)
+    source_names = names[: len(source_terms)]
+    users = _named_users(named_terms, names[len(source_terms) :], bool(any_user_terms))
+    if any_user_terms:
+        default = _union([p for _, p in any_user_terms])
+        _check_user_widening([t for t, _ in any_user_terms], default, report)
+    elif named_terms:
+        # The file's other users match no allow line in Squid: `default` admits nothing.
+        default = _Policy((), frozenset({_TLS_PORT}))
+        index, d, _ = htpasswd if htpasswd is not None else (0, None, None)
+        if d is not None:
+            report.warn(
+                index,
+                d.where,
+                "every proxy_auth allow line names its users, so the file's other users are "
+                "bound to allow, which admits nothing (as in Squid)",
+            )
     elif "default" in policies:
         default = _Policy.from_mapping(policies.pop("default"))
     else:
@@ -109,12 +129,14 @@ def access(
         report.warn_line(
             terms[0].rule, "no allow line leaves a host reachable: nobody gets through"
         )
-    clients = _admission(list(zip([t for t, _ in source_terms], names, strict=True)), report)
+    clients = _admission(list(zip([t for t, _ in source_terms], source_names, strict=True)), report)
     use_htpasswd = bool(user_terms)
     mapping: dict[str, Any] = {"allow": default.mapping()}
     if policies:
         mapping["policies"] = policies
     mapping["clients"] = clients
+    if users:
+        mapping["users"] = users
     if use_htpasswd and htpasswd is not None:
         mapping["htpasswd_file"] = str(htpasswd[2])
     elif htpasswd is not None:
@@ -288,12 +310,38 @@ def _admission(named_terms: Sequence[tuple[Term, str]], report: Report) -> list[
     return clients
 
 
-def _password_admission(term: Term, password_file: Path | None, report: Report) -> bool:
-    """Whether a proxy_auth line can admit the users of the htpasswd file as Squid did.
+def _any_user(term: Term) -> bool:
+    """Whether the line admits every user of the password file (`proxy_auth REQUIRED`)."""
+    return term.match.users is not None and term.match.users.names is None
 
-    They are bound to `default` from any address, so a line that Squid limited to some of the
-    file's users, or to some source addresses, cannot be kept without letting others through:
-    it admits nobody instead (stricter, warned).
+
+def _named_users(
+    named_terms: Sequence[tuple[Term, _Policy]], names: Sequence[str], any_user_lines: bool
+) -> list[dict[str, Any]]:
+    """A `users` entry, without password_hash, for each user an allow line names: bound to the
+    policies of exactly the lines naming it, in squid.conf order, and to `default` when lines
+    admitting any user exist (Squid lets a named user through those too)."""
+    bound: dict[str, list[str]] = {}
+    for (term, _), name in zip(named_terms, names, strict=True):
+        assert term.match.users is not None and term.match.users.names is not None
+        for user in sorted(term.match.users.names):
+            if name not in bound.setdefault(user, []):
+                bound[user].append(name)
+    users = []
+    for user, policies in bound.items():
+        if any_user_lines:
+            policies.append("default")
+        users.append({"name": user, "policies": policies})
+    return users
+
+
+def _password_admission(term: Term, password_file: Path | None, report: Report) -> bool:
+    """Whether a proxy_auth line can admit its users as Squid did.
+
+    A line naming its users becomes their own policy, and a line admitting any user is part of
+    `default`; either way they are admitted from any address, so a line that Squid limited to
+    some source addresses cannot be kept without letting others through: it admits nobody
+    instead (stricter, warned).
     """
     match, rule = term.match, term.rule
     if password_file is None:
@@ -303,22 +351,6 @@ def _password_admission(term: Term, password_file: Path | None, report: Report) 
             "FILE` to translate: nobody is admitted by password (stricter than Squid)",
         )
         return False
-    if match.users is not None and match.users.names is not None:
-        names = ", ".join(sorted(match.users.names))
-        in_file = _file_users(password_file)
-        if in_file is None or not in_file <= match.users.names:
-            others = (
-                "cannot be read to check that it has no others"
-                if in_file is None
-                else "also has " + ", ".join(sorted(in_file - match.users.names))
-            )
-            report.warn_line(
-                rule,
-                f"Squid admitted only the users {names}, and {password_file} {others}; "
-                "connectproxy binds every user of that file alike, so nobody is admitted by "
-                "this line (stricter than Squid): give those users a file of their own",
-            )
-            return False
     if match.sources is not None:
         report.warn_line(
             rule,
@@ -328,19 +360,6 @@ def _password_admission(term: Term, password_file: Path | None, report: Report) 
         )
         return False
     return True
-
-
-def _file_users(path: Path) -> frozenset[str] | None:
-    """The user names of an htpasswd file, or None if it cannot be read."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    return frozenset(
-        line.split(":", 1)[0]
-        for line in (raw.strip() for raw in text.splitlines())
-        if line and not line.startswith("#")
-    )
 
 
 def _term_ports(term: Term, rules: Sequence[Rule], report: Report) -> frozenset[int]:
