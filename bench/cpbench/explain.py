@@ -33,6 +33,7 @@ def large_config_text(origin_port: int = 8443) -> str:
         "max_connections": 1000,
         "metrics_port": 9128,
         "access_log": "-",
+        "tls": "off",
     }
     large = largeconfig.generate((443, origin_port))
     grown = largeconfig.yaml(large, largeconfig.password_hash())

@@ -140,6 +140,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except ValueError:
         raise UsageError(f"--source {args.source!r} is not an IP address") from None
     credentials = Credentials(args.user, valid=True) if args.user else None
+    if credentials is not None and not config.checks_credentials:
+        print(
+            "note: no users and no htpasswd_file are configured, so the proxy ignores "
+            "credentials: --user changes nothing",
+            file=sys.stderr,
+        )
     decision = decide(target, Source(source_addr, 0), credentials, config)
     who = decision.client or "-"
     if not decision.allowed:

@@ -275,7 +275,7 @@ def test_the_tls_guard_target_checks_a_real_client_hello_in_every_tunnel(tmp_pat
     rundir = Path(result["rundir"])
     try:
         assert result["settings"]["client_hello"] is True
-        assert "tls: verify_sni" in result["targets"]["connectproxy-tls"]["config"]
+        assert 'tls: "verify_sni"' in result["targets"]["connectproxy-tls"]["config"]
         summary = result["summary"]["connectproxy-tls"]
         assert summary["rate.tunnels_per_s"]["median"] > 0
         assert result["failures"] == {"connectproxy-tls": 0}

@@ -234,12 +234,33 @@ def test_explain_deny(
     assert out.startswith(expect), out
 
 
-def test_explain_user_counts_as_authenticated(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = explain(
-        capsys, "--source", "8.8.8.8", "--user", "sensor2", "hub.azure-devices.net:443"
+def test_explain_user_counts_as_authenticated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(tmp_path, "p.yaml", VALID)
+    code, out, err = explain(
+        capsys,
+        "--source",
+        "10.20.3.4",
+        "--user",
+        "sensor2",
+        "hub.azure-devices.net:443",
+        config=config,
     )
     assert code == 0
     assert "(client sensor2)" in out
+    assert err == ""
+
+
+def test_explain_user_is_ignored_without_users(capsys: pytest.CaptureFixture[str]) -> None:
+    """The embedded default has no users and no htpasswd_file: the proxy ignores credentials
+    there, so `--user` changes nothing, and explain says so."""
+    code, out, err = explain(
+        capsys, "--source", "8.8.8.8", "--user", "sensor2", "hub.azure-devices.net:443"
+    )
+    assert code == 1
+    assert out.startswith("deny: 407 proxy authentication required")
+    assert "ignores credentials" in err
 
 
 def test_explain_user_networks_apply(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,12 +8,11 @@ documents built from tokens YAML 1.1 reads in surprising ways, plus random damag
 
 from __future__ import annotations
 
-import string
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cpbench import largeconfig
+from cpbench import explain as bench_explain
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -76,13 +75,7 @@ def test_every_shipped_file_reads_as_pyyaml_reads_it(path: Path) -> None:
 
 def test_the_large_benchmark_config_is_in_the_subset() -> None:
     """The config `explain` must answer on quickly: it must not fall back to PyYAML."""
-    small = (ROOT / "bench/templates/connectproxy.yaml").read_text()
-    text = string.Template(small).substitute(
-        port=3128, origin_port=8443, max_connections=1000, metrics_port=9128, access_log="-"
-    )
-    large = largeconfig.generate((443, 8443))
-    text = largeconfig.splice(text, largeconfig.yaml(large, largeconfig.password_hash()))
-    assert check(text) is not None
+    assert check(bench_explain.large_config_text(8443)) is not None
 
 
 INSIDE = [
