@@ -11,6 +11,8 @@ not assumed.
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import re
 import socket
 import socketserver
@@ -657,3 +659,28 @@ def test_the_guard_reads_the_inner_hello_on_a_tls_listener(
     assert good["outcome"] == "established" and good["sni"] == SENSOR
     assert bad["outcome"] == "tls_refused" and bad["sni"] == "other.host"
     assert echo.wait_ended(1) == [b""]
+
+
+def test_the_admin_listing_shows_the_server_name_the_guard_passed(
+    make_proxy: ProxyFactory, echo: EchoOrigin, tmp_path: Path
+) -> None:
+    """`GET /api/tunnels` (SPEC 7.1) carries the `sni` of a guarded tunnel: the name the guard
+    compared, read before the tunnel started."""
+    token = "t" * 40
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(token + "\n")
+    proxy = make_proxy(guarded(echo.port, admin={"token_file": str(token_file)}))
+    hello = python_hello(SENSOR)
+    sock = open_tunnel_with_early_data(proxy.port, f"{SENSOR}:{echo.port}")
+    sock.sendall(hello)
+    assert read_exactly(sock, len(hello)) == hello
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.metrics_port, timeout=10)
+    conn.request("GET", "/api/tunnels", headers={"Authorization": f"Bearer {token}"})
+    response = conn.getresponse()
+    listing = json.loads(response.read())
+    conn.close()
+    sock.close()
+    assert response.status == 200
+    [row] = listing
+    assert row["sni"] == SENSOR and row["target"] == f"{SENSOR}:{echo.port}"
+    assert row["bytes_client_to_server"] == len(hello)
