@@ -67,7 +67,7 @@ async def ask_worker(socket_path: str, path: str, request: OpsRequest) -> Worker
     """`request` sent to `path` on one worker's socket; None when it cannot be asked or its
     answer is not HTTP. The caller bounds the time."""
     try:
-        reader, writer = await asyncio.open_unix_connection(socket_path, limit=_MAX_ANSWER)
+        reader, writer = await asyncio.open_unix_connection(socket_path)
     except OSError:
         return None
     try:
@@ -81,7 +81,14 @@ async def ask_worker(socket_path: str, path: str, request: OpsRequest) -> Worker
             head.append(f"Content-Length: {len(request.body)}")
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + request.body)
         await writer.drain()
-        data = await reader.read(_MAX_ANSWER)
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await reader.read(65536):  # the worker closes after its answer
+            size += len(chunk)
+            if size > _MAX_ANSWER:
+                return None
+            chunks.append(chunk)
+        data = b"".join(chunks)
     except OSError:
         return None
     finally:
