@@ -72,7 +72,9 @@ async def ask_worker(socket_path: str, path: str, request: OpsRequest) -> Worker
         return None
     try:
         target = path + ("?" + request.query if request.query else "")
-        head = [f"{request.method} {target} HTTP/1.1", "Host: worker", "Connection: close"]
+        # A HEAD is answered from the workers' whole answers, so ask them with GET.
+        method = "GET" if request.method == "HEAD" else request.method
+        head = [f"{method} {target} HTTP/1.1", "Host: worker", "Connection: close"]
         authorization = request.headers.get("authorization")
         if authorization is not None:
             head.append(f"Authorization: {authorization}")

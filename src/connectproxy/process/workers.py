@@ -163,7 +163,10 @@ class Supervisor:
         if task is not None:
             self._watchers.discard(task)
         self.children.pop(proc.pid, None)
-        self.sockets.pop(proc.pid, None)
+        admin_socket = self.sockets.pop(proc.pid, None)
+        if admin_socket is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(admin_socket)  # a killed worker leaves it behind
         mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
         if self.stopping.is_set():
             return

@@ -175,6 +175,9 @@ def test_the_supervisor_lists_closes_and_sums_every_workers_tunnels(
     refusals = summed.rows("refusals")
     assert sum(int(row[3].text.replace(",", "")) for row in refusals.values()) == 12
     assert "2 of 2 answered" in "".join(summed.text)
+    head = api(proxy, "HEAD", "/status")
+    assert head[0] == 200 and head[1].getheader(WORKERS_HEADER) == "2/2"
+    assert api(proxy, "HEAD", "/api/tunnels")[0] == 200
 
     # `connectproxy tunnels` against the supervisor, unchanged.
     config = str(proxy.config_path)
