@@ -7,7 +7,7 @@ forwards SIGHUP/SIGTERM to every one of them, restarts one that dies, owns the m
 Its admin API (SPEC section 7.1) gathers the workers' answers from their unix sockets
 (process/adminfanout.py).
 Workers are fresh interpreters (not forks of a running event loop), started with the same config
-arguments; they learn their role from two environment variables. The CLI sets
+arguments; they learn their role (and their admin socket) from environment variables. The CLI sets
 PROMETHEUS_MULTIPROC_DIR before prometheus-client is first imported; workers inherit it.
 """
 

@@ -87,6 +87,14 @@ def page(proxy: ProxyProcess) -> StatusPage:
     return StatusPage(body.decode())
 
 
+def private_dir(proxy: ProxyProcess) -> Path:
+    """The supervisor's private directory, from a worker's environment."""
+    assert proxy.proc is not None
+    environ = Path(f"/proc/{children_of(proxy.proc.pid)[0]}/environ").read_bytes()
+    found = [v for v in environ.split(b"\0") if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")]
+    return Path(found[0].split(b"=", 1)[1].decode())
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "connectproxy", "tunnels", *args],
@@ -225,6 +233,35 @@ def test_a_worker_that_does_not_answer_is_left_out_in_time(
         finish(sock)
 
 
+def test_a_replaced_worker_answers_under_a_new_number(
+    make_proxy: ProxyFactory, origin: OriginServer, token_file: Path
+) -> None:
+    proxy = make_proxy(admin_config(origin.port, token_file), extra_args=WORKERS)
+    assert proxy.proc is not None
+    held = spread(proxy, f"{SENSOR}:{origin.port}")
+    private = private_dir(proxy)
+    supervisor = proxy.proc.pid
+    victim = children_of(supervisor)[0]
+    os.kill(victim, signal.SIGKILL)
+
+    def answered() -> bool:
+        status, response, _ = api(proxy, "GET", "/api/tunnels")
+        return status == 200 and response.getheader(WORKERS_HEADER) == "2/2"
+
+    wait_until(lambda: victim not in children_of(supervisor), what="the killed worker")
+    wait_until(answered, 15.0, "both workers answering again")
+    sockets = sorted(p.name for p in private.iterdir() if p.name.endswith(".sock"))
+    assert len(sockets) == 2 and "admin-3.sock" in sockets  # the killed one's is gone
+    survivors = listed(proxy)
+    assert 0 < len(survivors) < len(held)
+    fresh = spread(proxy, f"{SENSOR}:{origin.port}")
+    assert 3 in {worker_of(row) for row in listed(proxy)}
+    for sock in fresh:
+        finish(sock)
+    for sock in held:
+        sock.close()
+
+
 def test_close_denied_ends_refused_tunnels_in_every_worker(
     make_proxy: ProxyFactory, origin: OriginServer, token_file: Path
 ) -> None:
@@ -259,10 +296,7 @@ def test_without_a_token_file_the_supervisor_serves_no_admin_path(
     assert api(proxy, "POST", "/api/tunnels/close", {"client": "local"})[0] == 404
     assert api(proxy, "GET", "/healthz", authorization=None)[0] == 200
     # The workers' sockets are in a directory only the proxy's user can enter.
-    assert proxy.proc is not None
-    environ = Path(f"/proc/{children_of(proxy.proc.pid)[0]}/environ").read_bytes()
-    found = [v for v in environ.split(b"\0") if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")]
-    private = Path(found[0].split(b"=", 1)[1].decode())
+    private = private_dir(proxy)
     assert private.stat().st_mode & 0o777 == 0o700
     sockets = sorted(p.name for p in private.iterdir() if p.name.endswith(".sock"))
     assert sockets == ["admin-1.sock", "admin-2.sock"]
