@@ -10,12 +10,18 @@ the server's admin routes reach it as one injected `Handler`, asked for every re
 built-in paths do not answer. It parses just enough HTTP/1.1 for that: the request line, the
 headers, and a body of a bounded size given by Content-Length. Every answer closes the
 connection.
+
+With `--workers N` each worker also runs one on a unix socket (`unix_path`) that only its
+supervisor reaches, and the supervisor's routes gather the workers' answers from there; those
+routes wait on the workers, so a handler may return an awaitable answer as well as an answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import contextlib
+import os
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -50,8 +56,9 @@ class OpsResponse:
         return OpsResponse(status, "text/plain; charset=utf-8", (message + "\n").encode(), headers)
 
 
-# The routes of the layers above: an answer, or None for "not mine" (then 404).
-Handler = Callable[[OpsRequest], OpsResponse | None]
+# The routes of the layers above: an answer, or None for "not mine" (then 404); either may come
+# as an awaitable, for a route that has to ask other processes first.
+Handler = Callable[[OpsRequest], OpsResponse | Awaitable[OpsResponse | None] | None]
 
 
 class _BadRequest(Exception):
@@ -70,17 +77,26 @@ class OpsServer:
         ready: Callable[[], bool],
         render: Callable[[], bytes] | None = None,
         handler: Handler | None = None,
+        unix_path: str | None = None,
     ) -> None:
+        """`unix_path` serves on that unix socket (mode 0600) instead of `host` and `port`."""
         self.host = host
         self.port = port
         self.registry = registry
         self.ready = ready
         self.render = render or (lambda: generate_latest(self.registry))
         self.handler = handler
+        self.unix_path = unix_path
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        if self.unix_path is None:
+            self._server = await asyncio.start_server(self._handle, self.host, self.port)
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.unix_path)  # left by a worker that was killed
+        self._server = await asyncio.start_unix_server(self._handle, self.unix_path)
+        os.chmod(self.unix_path, 0o600)
 
     @property
     def bound_port(self) -> int:
@@ -92,6 +108,9 @@ class OpsServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+            if self.unix_path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.unix_path)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -100,7 +119,7 @@ class OpsServer:
                 raise ValueError("head too large")
             try:
                 request = await _read_request(reader, head)
-                response = self._route(request)
+                response = await self._route(request)
                 method = request.method
             except _BadRequest as bad:
                 response, method = OpsResponse.text(bad.status, bad.message), ""
@@ -119,7 +138,7 @@ class OpsServer:
         finally:
             writer.close()
 
-    def _route(self, request: OpsRequest) -> OpsResponse:
+    async def _route(self, request: OpsRequest) -> OpsResponse:
         builtin = request.path in ("/metrics", "/healthz", "/readyz")
         if builtin and request.method not in ("GET", "HEAD"):
             return OpsResponse.text(405, "method not allowed", (("Allow", "GET, HEAD"),))
@@ -133,7 +152,11 @@ class OpsServer:
             return OpsResponse.text(503, "not ready")
         if self.handler is not None:
             try:
-                answer = self.handler(request)
+                result = self.handler(request)
+                if result is None or isinstance(result, OpsResponse):
+                    answer = result
+                else:
+                    answer = await result
             except Exception as exc:  # a bug in one route must not leave a request unanswered
                 get_logger().error("ops request failed", path=request.path, error=repr(exc))
                 return OpsResponse.text(500, "internal error")
@@ -190,5 +213,6 @@ _PHRASE = {
     413: "Content Too Large",
     415: "Unsupported Media Type",
     500: "Internal Server Error",
+    502: "Bad Gateway",
     503: "Service Unavailable",
 }

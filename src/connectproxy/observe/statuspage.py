@@ -120,6 +120,8 @@ class StatusSnapshot:
     refusal_window_s: float
     upstream_strategy: str | None
     upstreams: tuple[UpstreamState, ...]
+    # With `--workers N`: (workers that answered, N); the figures are theirs summed.
+    workers: tuple[int, int] | None = None
 
 
 def tunnels_by_client(
@@ -182,8 +184,19 @@ def _summary(snap: StatusSnapshot) -> str:
         ("Last reload", _reload(snap.reload, snap.now)),
         ("Open connections", f'<span id="connections">{snap.connections:,}</span>'),
     ]
+    if snap.workers is not None:
+        rows.append(("Workers", _workers(*snap.workers)))
     body = "".join(f"<dt>{name}</dt><dd>{value}</dd>\n" for name, value in rows)
     return f"<h1>connectproxy</h1>\n<dl>\n{body}</dl>\n"
+
+
+def _workers(answered: int, total: int) -> str:
+    if answered >= total:
+        return f'<span class="badge ok" id="workers">{answered} of {total} answered</span>'
+    return (
+        f'<span class="badge bad" id="workers">{answered} of {total} answered</span> '
+        "the figures below leave out the workers that did not answer in time"
+    )
 
 
 def _reload(reload: ReloadState | None, now: float) -> str:

@@ -21,7 +21,9 @@ from connectproxy.credentials.passwords import HtpasswdError
 from connectproxy.net.upstream import Upstreams
 from connectproxy.observe.logs import AccessLog, get_logger, setup_logging
 from connectproxy.observe.metrics import Metrics
-from connectproxy.observe.ops import OpsServer
+from connectproxy.observe.ops import OpsRequest, OpsResponse, OpsServer
+from connectproxy.observe.statusmerge import snapshot_json
+from connectproxy.process.adminfanout import SNAPSHOT_PATH
 from connectproxy.process.sdnotify import Notifier
 from connectproxy.process.status import StatusPage
 from connectproxy.server.admin import AdminRoutes
@@ -63,6 +65,9 @@ class Role:
     count_reloads: bool = True
     ready_fd: int | None = None  # a worker writes one byte here once it listens
     parent_pid: int | None = None  # a worker drains and exits if its supervisor disappears
+    # A worker serves its admin routes here for the supervisor to gather (process/adminfanout.py)
+    admin_socket: str | None = None
+    tunnel_id_base: int = 0  # a worker's tunnel ids start after it, unique across workers
 
 
 class App:
@@ -84,7 +89,9 @@ class App:
             config.log, report_mode=config.report_mode, tls_guard=config.tls_guard
         )
         self.server = Server(loaded, self.metrics, self.access_log, reuse_port=role.reuse_port)
+        self.server.tunnels.number_from(role.tunnel_id_base)
         self.ops: OpsServer | None = None
+        self.admin_socket: OpsServer | None = None
         # The admin API's routes (SPEC section 7.1), behind the running config's token; more
         # endpoints plug in with `admin_routes.add` before `start`.
         self.admin_routes = AdminRoutes(lambda: self.config.admin.token)
@@ -93,6 +100,9 @@ class App:
         ).install(self.admin_routes)
         self.status_page = StatusPage(self.server, self.metrics, lambda: self.ready)
         self.status_page.install(self.admin_routes)
+        if role.admin_socket is not None:
+            # Only on the worker's socket, for the supervisor's status page.
+            self.admin_routes.add("GET", SNAPSHOT_PATH, self._snapshot)
         self.access_log.on_refusal = self.status_page.refused
         self.notifier = Notifier() if role.notify else Notifier({})
         self._background: list[asyncio.Task[None]] = []
@@ -112,6 +122,17 @@ class App:
                 handler=self.admin_routes,
             )
             await self.ops.start()
+        if self.role.admin_socket is not None:
+            self.admin_socket = OpsServer(
+                "",
+                0,
+                self.registry,
+                ready=lambda: self.ready,
+                render=self._render_metrics,
+                handler=self.admin_routes,
+                unix_path=self.role.admin_socket,
+            )
+            await self.admin_socket.start()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
@@ -132,6 +153,9 @@ class App:
         if self.role.ready_fd is not None:
             os.write(self.role.ready_fd, b"R")
             os.close(self.role.ready_fd)
+
+    def _snapshot(self, request: OpsRequest) -> OpsResponse:
+        return OpsResponse(200, "application/json", snapshot_json(self.status_page.snapshot()))
 
     def _render_metrics(self) -> bytes:
         """What a scrape sees includes every connection that has ended, even in this iteration,
@@ -195,6 +219,8 @@ class App:
         await self.server.drain(grace)
         if self.ops is not None:
             await self.ops.close()
+        if self.admin_socket is not None:
+            await self.admin_socket.close()
         self.access_log.close()
         for task in self._background:
             task.cancel()

@@ -4,8 +4,10 @@ One Python process uses one core. With N workers the kernel spreads accepted con
 processes listening on the same ports. The supervisor serves no tunnels: it starts the workers,
 forwards SIGHUP/SIGTERM to every one of them, restarts one that dies, owns the metrics listener
 (summing all workers' series with prometheus-client's multiprocess mode) and speaks to systemd.
+Its admin API (SPEC section 7.1) gathers the workers' answers from their unix sockets
+(process/adminfanout.py).
 Workers are fresh interpreters (not forks of a running event loop), started with the same config
-arguments; they learn their role from two environment variables. The CLI sets
+arguments; they learn their role (and their admin socket) from environment variables. The CLI sets
 PROMETHEUS_MULTIPROC_DIR before prometheus-client is first imported; workers inherit it.
 """
 
@@ -17,22 +19,31 @@ import os
 import shutil
 import signal
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from connectproxy import __version__, compiled
 from connectproxy.config.model import Config
 from connectproxy.configfile.errors import ConfigError
 from connectproxy.observe.logs import get_logger, setup_logging
 from connectproxy.observe.metrics import Metrics
 from connectproxy.observe.ops import OpsServer
+from connectproxy.observe.refusals import WINDOW
+from connectproxy.observe.statuspage import ReloadState, StatusSnapshot
+from connectproxy.process.adminfanout import ID_SPACE, AdminFanout
 from connectproxy.process.app import ConfigLoader, Role
 from connectproxy.process.sdnotify import Notifier
+from connectproxy.server.admin import AdminRoutes
 
 READY_FD_ENV = "CONNECTPROXY_WORKER_READY_FD"
 PARENT_ENV = "CONNECTPROXY_WORKER_PARENT"
+ADMIN_SOCKET_ENV = "CONNECTPROXY_WORKER_ADMIN_SOCKET"
+NUMBER_ENV = "CONNECTPROXY_WORKER_NUMBER"  # 1 for the first worker started, 2 for the next...
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 START_TIMEOUT = 30.0
 
@@ -41,6 +52,8 @@ def worker_role_from_env() -> Role | None:
     """The role of a worker process started by a supervisor, or None for a standalone run."""
     fd = os.environ.pop(READY_FD_ENV, None)
     parent = os.environ.pop(PARENT_ENV, None)
+    admin_socket = os.environ.pop(ADMIN_SOCKET_ENV, None)
+    number = os.environ.pop(NUMBER_ENV, "0")
     if fd is None or parent is None:
         return None
     return Role(
@@ -50,13 +63,22 @@ def worker_role_from_env() -> Role | None:
         count_reloads=False,
         ready_fd=int(fd),
         parent_pid=int(parent),
+        admin_socket=admin_socket,
+        tunnel_id_base=int(number) * ID_SPACE,
     )
 
 
 class Supervisor:
     def __init__(
-        self, config: Config, load: ConfigLoader, workers: int, child_args: Sequence[str]
+        self,
+        config: Config,
+        load: ConfigLoader,
+        workers: int,
+        child_args: Sequence[str],
+        private_dir: str,
     ) -> None:
+        """`private_dir` is a directory only this user can enter; the workers' admin sockets
+        are made there."""
         self.config = config
         self.load = load
         self.workers = workers
@@ -72,6 +94,16 @@ class Supervisor:
         self.ready_count = 0
         self._all_ready = asyncio.Event()
         self._ready_r, self._ready_w = os.pipe()
+        self.private_dir = private_dir
+        self.started_count = 0  # workers started so far, restarts included: numbers them
+        self.sockets: dict[int, str] = {}  # admin socket by worker pid
+        self.started = time.time()
+        self.last_reload: ReloadState | None = None
+        self.compiled = compiled()
+        self.admin_routes = AdminRoutes(lambda: self.config.admin.token)
+        AdminFanout(
+            lambda: list(self.sockets.values()), lambda: self.workers, self._own_snapshot
+        ).install(self.admin_routes)
 
     def ready(self) -> bool:
         return (
@@ -85,10 +117,34 @@ class Supervisor:
         self.metrics.readiness(self.ready())
         return generate_latest(self.registry)
 
+    def _own_snapshot(self) -> StatusSnapshot:
+        """The status page's figures that belong to the whole proxy; the workers add theirs."""
+        upstream = self.config.upstream
+        return StatusSnapshot(
+            now=time.time(),
+            ready=self.ready(),
+            draining=self.stopping.is_set(),
+            version=__version__,
+            compiled=self.compiled,
+            started=self.started,
+            config_source=self.config.source,
+            reload=self.last_reload,
+            connections=0,
+            tunnels=(),
+            refusals=(),
+            refusal_window_s=WINDOW,
+            upstream_strategy=upstream.strategy if upstream is not None else None,
+            upstreams=(),
+        )
+
     async def _spawn(self) -> None:
+        self.started_count += 1
+        admin_socket = os.path.join(self.private_dir, f"admin-{self.started_count}.sock")
         env = dict(os.environ)
         env[READY_FD_ENV] = str(self._ready_w)
         env[PARENT_ENV] = str(os.getpid())
+        env[ADMIN_SOCKET_ENV] = admin_socket
+        env[NUMBER_ENV] = str(self.started_count)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -98,6 +154,7 @@ class Supervisor:
             env=env,
         )
         self.children[proc.pid] = proc
+        self.sockets[proc.pid] = admin_socket
         self._watchers.add(asyncio.ensure_future(self._watch(proc)))
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
@@ -106,6 +163,10 @@ class Supervisor:
         if task is not None:
             self._watchers.discard(task)
         self.children.pop(proc.pid, None)
+        admin_socket = self.sockets.pop(proc.pid, None)
+        if admin_socket is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(admin_socket)  # a killed worker leaves it behind
         mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
         if self.stopping.is_set():
             return
@@ -132,8 +193,10 @@ class Supervisor:
         except ConfigError as exc:
             self.metrics.reloaded("failure")
             self.log.error("config reload failed; keeping the running config", error=str(exc))
+            self.last_reload = ReloadState(time.time(), False, str(exc))
             self.notifier.ready("reload failed; running the previous config")
             return
+        self.last_reload = ReloadState(time.time(), True, None)
         self._signal_children(signal.SIGHUP)
         self.metrics.reloaded("success")
         self.log.info("config reloaded", config=self.config.source, workers=self.workers)
@@ -159,6 +222,7 @@ class Supervisor:
                 self.registry,
                 ready=self.ready,
                 render=self._render_metrics,
+                handler=self.admin_routes,
             )
             await ops.start()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
@@ -199,9 +263,10 @@ async def supervise(
     config: Config, load: ConfigLoader, workers: int, child_args: Sequence[str]
 ) -> int:
     setup_logging(config.log)
-    metrics_dir = os.environ.get(METRICS_DIR_ENV)
+    # The CLI made this directory (mode 0700) for prometheus-client's files; the workers' admin
+    # sockets go there too.
+    private_dir = os.environ.get(METRICS_DIR_ENV) or tempfile.mkdtemp(prefix="connectproxy-")
     try:
-        return await Supervisor(config, load, workers, child_args).run()
+        return await Supervisor(config, load, workers, child_args, private_dir).run()
     finally:
-        if metrics_dir:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(private_dir, ignore_errors=True)

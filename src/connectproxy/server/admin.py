@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from connectproxy.observe.ops import OpsRequest, OpsResponse
 from connectproxy.wire.http import parse_basic_credentials
@@ -32,8 +32,9 @@ CHALLENGES = (
     ("WWW-Authenticate", f'Bearer realm="{REALM}"'),
 )
 
-# Called only for an authenticated request to its path and method.
-RouteHandler = Callable[[OpsRequest], OpsResponse]
+# Called only for an authenticated request to its path and method. The supervisor of `--workers`
+# answers by asking its workers (process/adminfanout.py), hence the awaitable.
+RouteHandler = Callable[[OpsRequest], OpsResponse | Awaitable[OpsResponse]]
 
 
 def json_response(status: int, value: object) -> OpsResponse:
@@ -83,7 +84,7 @@ class AdminRoutes:
         offered_pair = f"{user}:{password}".encode()
         return hmac.compare_digest(offered_pair, f"{ADMIN_USER}:{token}".encode())
 
-    def __call__(self, request: OpsRequest) -> OpsResponse | None:
+    def __call__(self, request: OpsRequest) -> OpsResponse | Awaitable[OpsResponse] | None:
         if self.token() is None:
             return None  # admin API off: the listener answers 404
         methods = self._routes.get(request.path)

@@ -108,6 +108,11 @@ class Tunnels:
         self._last_id = 0
         self._flusher = loop.call_later(BYTES_FLUSH_INTERVAL, self._flush_bytes_tick)
 
+    def number_from(self, base: int) -> None:
+        """Give the next tunnels the ids after `base`. A `--workers` worker starts at its own
+        base, so the ids the supervisor's admin API lists are unique over all workers."""
+        self._last_id = base
+
     def start(
         self,
         client: socket.socket,
