@@ -49,9 +49,10 @@ def build(bin_dir: Path) -> None:
             raise BenchError(f"build.sh failed:\n{done.stderr}")
 
 
-def client_hello(server_name: str) -> bytes:
-    """The ClientHello Python's `ssl` (the system's OpenSSL) sends for `server_name`: a real
-    client's first flight, taken from a memory BIO so no server is needed to record it."""
+def client_hello(server_name: str | None) -> bytes:
+    """The ClientHello Python's `ssl` (the system's OpenSSL) sends for `server_name` (None: no
+    SNI): a real client's first flight, taken from a memory BIO so no server is needed to
+    record it."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE

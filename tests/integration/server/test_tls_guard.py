@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cpbench.tools import client_hello
 
 from tests.conftest import ProxyFactory
 from tests.support import (
@@ -120,15 +121,8 @@ def echo() -> Iterator[EchoOrigin]:
 
 
 def python_hello(server_name: str | None) -> bytes:
-    """The ClientHello Python's `ssl` sends for `server_name`, taken from a memory BIO."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
-    with contextlib.suppress(ssl.SSLWantReadError):
-        tls.do_handshake()
-    return outgoing.read()
+    """The ClientHello Python's `ssl` sends for `server_name` (the benchmark's recorded hello)."""
+    return client_hello(server_name)
 
 
 def guarded(port: int, mode: str = "verify_sni", **overrides: Any) -> dict[str, Any]:
