@@ -13,7 +13,7 @@ SOURCES := $(shell find src -name '*.py' -o -name '*.yaml' -o -name py.typed) se
 DEPS = $(1)/bin/python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
 	print(*p["dependencies"], *p["optional-dependencies"]["test"], *p["optional-dependencies"]["bcrypt"], sep="\n")'
 
-.PHONY: run test suite test-pure test-long squid-differential soak fuzz lint typecheck bench clean test-deploy deb
+.PHONY: run test suite test-pure test-long squid-differential squid-promise soak fuzz lint typecheck bench clean test-deploy deb
 
 # Reinstalled whenever a source changes; pip keeps the dependencies that are already there.
 # setuptools builds in ./build and packs whatever it finds there, so each install starts clean.
@@ -51,11 +51,16 @@ test-pure: $(PURE_VENV)/bin/.installed
 ## The long runs CI adds: the 5,000-tunnel soak and 60 s of fuzzing per parser.
 test-long: soak fuzz
 
-## The imported squid.conf against a real Squid on 200 generated configs (about 2-6 minutes).
-## The translation is never wider than Squid on them, but equal decisions are 76.1% against the
-## 95% it promises (credentials decide alone here; see issue notes), so it stays outside
-## `make test` and CI until then.
+## The imported squid.conf against a real Squid on 200 generated configs (about 2 minutes), with
+## the agreement goal: 95% of requests decided as Squid does. It is 79.9%: the rest are stricter,
+## each with a warning, mostly by SPEC section 9's own rules (a line without a port acl gets 443, a
+## line without dstdomain the allowlist) and lines pairing src with proxy_auth, which the model
+## cannot express. CI runs the same test without the goal (`squid-promise`): never wider, and
+## every stricter decision warned.
 squid-differential: $(BIN)/.installed
+	SQUIDDIFF_GOAL=1 $(BIN)/pytest -q -m differential -rA
+
+squid-promise: $(BIN)/.installed
 	$(BIN)/pytest -q -m differential -rA
 
 soak: $(BIN)/.installed
