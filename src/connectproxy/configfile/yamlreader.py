@@ -25,7 +25,8 @@ __all__ = ["LineList", "LineMap", "read_yaml"]
 
 
 def _line(node: yaml.Node) -> int:
-    return node.start_mark.line + 1
+    # int(): the image's build type-checks without PyYAML's stubs, where a mark is Any.
+    return int(node.start_mark.line) + 1
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
@@ -43,7 +44,7 @@ def _loader_class() -> type[yaml.SafeLoader]:
     # a tenth of that. Both give the same nodes and marks; the constructors below are the same.
     base: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-    class LineLoader(base):  # type: ignore[valid-type,misc]
+    class LineLoader(base):  # type: ignore[valid-type,misc,unused-ignore]
         pass
 
     def construct(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
