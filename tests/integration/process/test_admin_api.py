@@ -18,8 +18,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tests.conftest import ProxyFactory
 from tests.support import (
     LOOPBACK_OK_DENY,
@@ -63,18 +61,6 @@ def admin_config(origin_port: int, token_file: Path, **overrides: Any) -> dict[s
     }
     config.update(overrides)
     return config
-
-
-@pytest.fixture()
-def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "admin.token"
-    path.write_text(TOKEN + "\n")
-    return path
-
-
-@pytest.fixture()
-def proxy(make_proxy: ProxyFactory, origin: OriginServer, token_file: Path) -> ProxyProcess:
-    return make_proxy(admin_config(origin.port, token_file))
 
 
 def api(

@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from connectproxy.process.adminfanout import ASK_TIMEOUT, ID_SPACE, WORKERS_HEADER
 from tests.conftest import ProxyFactory
 from tests.integration.process.test_admin_api import (
@@ -49,13 +47,6 @@ from tests.support import (
 )
 
 WORKERS = ["--workers", "2"]
-
-
-@pytest.fixture()
-def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "admin.token"
-    path.write_text(TOKEN + "\n")
-    return path
 
 
 def worker_of(row: dict[str, Any]) -> int:

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from tests.conftest import ProxyFactory
@@ -39,18 +38,6 @@ def write_config(folder: Path, config: dict[str, Any]) -> Path:
     path = folder / "cli.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-@pytest.fixture()
-def token_file(tmp_path: Path) -> Path:
-    path = tmp_path / "admin.token"
-    path.write_text(TOKEN + "\n")
-    return path
-
-
-@pytest.fixture()
-def proxy(make_proxy: ProxyFactory, origin: OriginServer, token_file: Path) -> ProxyProcess:
-    return make_proxy(admin_config(origin.port, token_file))
 
 
 def test_table_json_and_close(proxy: ProxyProcess, origin: OriginServer) -> None:
