@@ -7,10 +7,11 @@ show up while it is open without a metrics call per chunk.
 The set-up path does not call prometheus-client per connection either. Each of its updates is an
 interpreted call that takes a lock (and in multiprocess mode writes a shared file), and a tunnel
 made seven of them: at ten thousand tunnels a second that was 8% of the proxy's CPU. Connection
-and tunnel counts, outcomes and bytes are tallied in plain integers instead and applied once per
-event-loop iteration (`flush`, scheduled by the first change), so under load many tunnels share
-one update and at rest a scrape still sees every connection that has ended. The ops listener
-flushes before it renders. The two histograms are tallied the same way (`HistogramTally`).
+and tunnel counts, outcomes and bytes are tallied in plain integers instead and applied at most
+every `FLUSH_DELAY` seconds (`flush`, scheduled by the first change), so under load many tunnels
+share one update. The ops listener flushes before it renders, so a scrape still sees every
+connection that has ended; with `--workers` the supervisor reads the workers' shared files, which
+are at most `FLUSH_DELAY` behind. The two histograms are tallied the same way (`HistogramTally`).
 
 Every series is written through a method here, never from outside, so the batching above holds
 and a reader finds every metric's writers in one file.
@@ -26,6 +27,13 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
 from connectproxy.outcome import OUTCOMES, Outcome
+
+# Seconds between applications of the tallies. Applying them once per event-loop iteration
+# cost 36,000 user-space instructions each time (interpreted calls, a lock per series), and
+# under load an iteration holds only a tunnel or two: 7-9% of a tunnel's instructions
+# (bench/run.py --scenario instructions). A tenth of a second is still far below any scrape
+# interval.
+FLUSH_DELAY = 0.1
 
 
 class ClientSeries:
@@ -315,7 +323,7 @@ class Metrics:
                 self.flush()
                 return
         self._flush_scheduled = True
-        loop.call_soon(self.flush)
+        loop.call_later(FLUSH_DELAY, self.flush)
 
     def flush(self) -> None:
         """Apply every tallied change to the series."""

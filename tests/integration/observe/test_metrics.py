@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
 from connectproxy.credentials.passwords import hash_password
-from connectproxy.observe.metrics import CONNECT_BUCKETS, HistogramTally, Metrics
+from connectproxy.observe.metrics import CONNECT_BUCKETS, FLUSH_DELAY, HistogramTally, Metrics
 from connectproxy.outcome import OUTCOMES
 from tests.conftest import ProxyFactory
 from tests.support import (
@@ -340,8 +340,9 @@ def _sample(registry: CollectorRegistry, name: str, **labels: str) -> float | No
     return registry.get_sample_value(name, labels)
 
 
-async def test_changes_are_applied_once_per_loop_iteration() -> None:
-    """The set-up path tallies; the series change when the loop's current iteration ends."""
+async def test_changes_are_applied_together_after_the_flush_delay() -> None:
+    """The set-up path tallies; the series change `FLUSH_DELAY` after the first change, all at
+    once, and not in the meantime."""
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     series = metrics.client("sensors")
@@ -355,7 +356,9 @@ async def test_changes_are_applied_once_per_loop_iteration() -> None:
     assert _sample(registry, "connectproxy_requests_total", outcome="established") == 0
     assert _sample(registry, "connectproxy_connections_active") == 0
 
-    await asyncio.sleep(0)  # one iteration
+    await asyncio.sleep(FLUSH_DELAY / 2)
+    assert _sample(registry, "connectproxy_requests_total", outcome="established") == 0
+    await asyncio.sleep(FLUSH_DELAY)
 
     assert _sample(registry, "connectproxy_requests_total", outcome="established") == 3
     assert _sample(registry, "connectproxy_connections_active") == 2
@@ -368,7 +371,7 @@ async def test_changes_are_applied_once_per_loop_iteration() -> None:
     metrics.count("forbidden")
     metrics.flush()  # what a scrape does first
     assert _sample(registry, "connectproxy_requests_total", outcome="forbidden") == 1
-    await asyncio.sleep(0)  # the flush already scheduled finds nothing left to apply
+    await asyncio.sleep(FLUSH_DELAY * 1.5)  # the flush already scheduled finds nothing left
     assert _sample(registry, "connectproxy_requests_total", outcome="forbidden") == 1
 
 
@@ -443,7 +446,7 @@ def test_a_histogram_without_the_expected_internals_is_observed_value_by_value()
     assert not HistogramTally(real, CONNECT_BUCKETS).direct
 
 
-async def test_histograms_are_applied_once_per_loop_iteration() -> None:
+async def test_histograms_are_applied_after_the_flush_delay() -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     metrics.connected(0.0003)
@@ -451,7 +454,7 @@ async def test_histograms_are_applied_once_per_loop_iteration() -> None:
     metrics.tunnel_lasted(5.0)
     assert _sample(registry, "connectproxy_connect_seconds_count") == 0
 
-    await asyncio.sleep(0)
+    await asyncio.sleep(FLUSH_DELAY * 1.5)
 
     assert _sample(registry, "connectproxy_connect_seconds_count") == 2
     assert _sample(registry, "connectproxy_connect_seconds_bucket", le="0.0005") == 1
