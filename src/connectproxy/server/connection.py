@@ -30,7 +30,14 @@ from connectproxy.matching.addresses import SocketAddress, parse_address, peer_h
 from connectproxy.matching.netset import IPAddress
 from connectproxy.net.connector import Connector
 from connectproxy.net.deadlines import Deadlines
-from connectproxy.net.sockio import handshake, peer_names, recv, send_all, wait_readable
+from connectproxy.net.sockio import (
+    handshake,
+    peer_names,
+    recv,
+    send_all,
+    wait_readable,
+    wait_writable,
+)
 from connectproxy.net.upstream import Upstreams
 from connectproxy.observe.logs import AccessLog, AccessRecord
 from connectproxy.observe.metrics import Metrics
@@ -237,6 +244,7 @@ class Flow:
             if not handed_over:
                 if server_sock is not None:
                     server_sock.close()
+                self.tunnels.io.forget(sock.fileno())  # the TLS guard may have registered it
                 sock.close()
                 ended()
 
@@ -269,7 +277,9 @@ class Flow:
                     while True:
                         # One TLS record's worth a read (a fresh 64 KiB buffer per read would
                         # cost more than a real hello's bytes); the limit caps the last one.
-                        chunk = await recv(sock, min(_HELLO_READ, HELLO_LIMIT - len(buf)))
+                        chunk = await self._read_hello(
+                            sock, min(_HELLO_READ, HELLO_LIMIT - len(buf))
+                        )
                         if not chunk:
                             ended = "eof"
                             break
@@ -290,6 +300,32 @@ class Flow:
             self.metrics.tls_refused_seen(rec.client or "-", verdict.reason)
             raise Refusal(None, "tls_refused", verdict.error or verdict.reason)
         return bytes(buf)
+
+    async def _read_hello(self, sock: socket.socket, size: int) -> bytes:
+        """Up to `size` bytes of the client's hello; b"" at end of stream. Waits first: the
+        client sends only once it has the 200, which has only just left. The wait is on the
+        tunnels' poller (`Poller.readable`), where the tunnel's reader will take the socket
+        over as it is."""
+        fd = sock.fileno()
+        writable = False
+        while True:
+            if writable:
+                await wait_writable(sock)  # a TLS listener's client renegotiating
+            else:
+                await self.tunnels.io.readable(fd)
+            try:
+                data = sock.recv(size)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                writable = False
+                continue
+            except ssl.SSLWantWriteError:
+                writable = True
+                continue
+            except ssl.SSLZeroReturnError:
+                return b""
+            if isinstance(sock, ssl.SSLSocket) and (left := sock.pending()):
+                data += sock.recv(left)  # decrypted bytes no readiness event will announce
+            return data
 
     async def _read_proxy_header(
         self, sock: socket.socket, listener: Listener, peer_addr: IPAddress, peer_port: int

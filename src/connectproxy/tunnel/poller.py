@@ -74,6 +74,22 @@ class Poller:
         if self._writers.pop(fd, None) is not None:
             self._update(fd, had)
 
+    def readable(self, fd: int) -> asyncio.Future[None]:
+        """A future done when `fd` is readable (or has an error): for a step that reads before
+        the tunnel starts, the TLS guard's ClientHello (server/connection.py). `fd` stays
+        registered afterwards, so the tunnel's own reader then takes the place of this one
+        without an epoll_ctl; `loop.add_reader` instead cost a libuv watcher made and destroyed
+        and two epoll_ctl per tunnel. Whoever closes `fd` without starting a tunnel must
+        `forget` it first, as for every descriptor here."""
+        fut: asyncio.Future[None] = self._loop.create_future()
+
+        def ready() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        self.add_reader(fd, ready)
+        return fut
+
     def forget(self, fd: int) -> None:
         """Right before `fd` is closed: drop its callbacks, so none outlives the descriptor and
         misleads the next socket that gets the same number. The kernel takes a closed socket out

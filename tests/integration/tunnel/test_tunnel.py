@@ -258,6 +258,31 @@ async def test_one_poller_watches_a_reused_descriptor_number_again() -> None:
 
 
 @pytest.mark.parametrize("mode", MODES)
+async def test_a_socket_waited_on_with_readable_is_taken_over_by_its_tunnel(mode: str) -> None:
+    """The TLS guard waits for the client's hello with `Poller.readable` and then starts the
+    tunnel on the same Poller: the tunnel's reader replaces the guard's on the descriptor that
+    is already registered, and the bytes that come next still flow."""
+    io = Poller(asyncio.get_running_loop())
+    tunnel, client_end, server_end, pool = await make_tunnel(mode, io=io)
+    fd = tunnel.client.fileno()
+    waiting = io.readable(fd)
+    assert not waiting.done()
+    client_end.send(b"hello")
+    await asyncio.wait_for(waiting, 2)
+    assert tunnel.client.recv(16) == b"hello"  # what the guard reads itself
+    running = asyncio.ensure_future(tunnel.run())
+    await send_all(client_end, b"and the rest")
+    client_end.shutdown(socket.SHUT_WR)
+    assert await recv_until_eof(server_end) == b"and the rest"
+    server_end.close()
+    assert await recv_until_eof(client_end) == b""
+    await asyncio.wait_for(running, 5)
+    assert tunnel.error is None
+    close_all(client_end, server_end, pool)
+    io.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
 async def test_tunnels_one_after_another_on_one_poller(mode: str) -> None:
     """Sequential tunnels sharing a Poller, as in the server: each one's bytes arrive."""
     io = Poller(asyncio.get_running_loop())
