@@ -126,9 +126,9 @@ def _ja4_of(hello: ClientHello) -> str:
     key = (
         hello.version,
         alpn[0] if alpn else None,
-        hello.cipher_suites,
-        hello.extensions,
-        hello.signature_algorithms,
+        hello.cipher_bytes,
+        hello.extension_bytes,
+        hello.signature_bytes,
     )
     found = _JA4_CACHE.get(key)
     if found is None:
