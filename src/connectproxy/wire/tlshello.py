@@ -214,6 +214,17 @@ def parse_client_hello(data: bytes | bytearray) -> ClientHello | NeedMore:
         # sent it to reach SSL 2.0 servers; it carries no extensions, so no SNI, and no current
         # client sends it. Named apart so a log shows why an old client is refused.
         raise ClientHelloError("SSLv2-compatible hello")
+    if len(buf) >= 9 and buf[0] == _HANDSHAKE and buf[1] == 3 and 1 <= buf[2] <= 4:
+        # What nearly every client sends: the whole hello in one record, nothing after it. Read
+        # in place; the loop below would reach the same answer, reassembling a copy of it.
+        declared = (buf[3] << 8) | buf[4]
+        if (
+            declared <= _MAX_FRAGMENT
+            and len(buf) >= _RECORD_HEADER + declared
+            and buf[5] == _CLIENT_HELLO
+            and (buf[6] << 16 | buf[7] << 8 | buf[8]) + 4 == declared
+        ):
+            return _parse_body(buf[9 : _RECORD_HEADER + declared], _RECORD_HEADER + declared)
     message = bytearray()
     pos = 0
     total = -1  # the handshake message's length with its header, once that header is known
@@ -385,10 +396,12 @@ def _parse_body(body: bytes, length: int) -> ClientHello:
                 data.finish()
             elif kind == EXT_SUPPORTED_VERSIONS:
                 data = _Reader(body, start, pos, "supported_versions")
-                supported_versions = _u16_values(
-                    data.vector(1, "supported_versions", 2).u16_bytes()
-                )
+                raw = data.vector(1, "supported_versions", 2).u16_bytes()
                 data.finish()
+                # Two to four values: a loop here costs less than an array made for them.
+                supported_versions = tuple(
+                    [(raw[i] << 8) | raw[i + 1] for i in range(0, len(raw), 2)]
+                )
             elif kind == EXT_ENCRYPTED_CLIENT_HELLO:
                 ech = True
     else:
