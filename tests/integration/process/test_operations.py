@@ -383,7 +383,9 @@ def test_workers_share_the_load_sum_metrics_and_all_reload(
     wait_until(lambda: log_events(proxy, "config reloaded") >= 3, what="supervisor + 2 reloads")
     assert [request(proxy.port, f"{UPDATES}:{origin.port}")[0] for _ in range(20)] == [403] * 20
     assert [request(proxy.port, f"{SENSOR}:{origin.port}")[0] for _ in range(5)] == [200] * 5
-    samples = scrape(proxy)
+    # A worker applies its counts at most FLUSH_DELAY (0.1 s) after them; the supervisor reads
+    # what its workers last applied.
+    samples = wait_for_metric(proxy, "connectproxy_requests_total", 20, outcome="forbidden")
     assert value(samples, RELOADS, result="success") == 1  # counted once, by the supervisor
     assert value(samples, "connectproxy_ready") == 1  # the supervisor's, not its workers' 0s
     assert value(samples, "connectproxy_requests_total", outcome="forbidden") == 20
