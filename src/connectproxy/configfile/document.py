@@ -7,11 +7,11 @@ the first one an operator reading from the top would meet. Warnings keep that or
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from connectproxy.config.frozen import replace
 from connectproxy.config.model import DEFAULT_POLICY, Config, Listener, Metrics, Policy
 from connectproxy.configfile import admin, identities, listeners, runtime
 from connectproxy.configfile.allow import allow_rules, policies
@@ -40,7 +40,7 @@ TOP_KEYS = (
     "reload",
 )
 
-# The dataclass defaults of config.py are the defaults of every absent key.
+# The defaults of model.py's classes are the defaults of every absent key.
 _DEFAULTS = Config()
 
 
@@ -100,7 +100,7 @@ def validate(check: Checker, data: Any, where: Where) -> Config:
         return config
     # Only with warnings about the whole config: a Config is made once more, and with a thousand
     # clients that costs 2% of explain's time.
-    return dataclasses.replace(config, warnings=tuple(check.warnings))
+    return replace(config, warnings=tuple(check.warnings))
 
 
 def _check_metrics_address(

@@ -61,7 +61,7 @@ def _without_prefix(message: str, path: Path) -> str:
 
 
 def _with_warnings(config: Config, warnings: Sequence[str]) -> Config:
-    from dataclasses import replace
+    from connectproxy.config.frozen import replace
 
     return replace(config, warnings=(*config.warnings, *warnings))
 
