@@ -14,7 +14,8 @@ Parameters are bounded when a hash is parsed: a config is input, and a hash clai
 be a config error, not a proxy that hangs or runs out of memory on the first login.
 
 hashlib and hmac are imported by the functions that compute, not here: checking a config's hashes
-computes nothing, and loading OpenSSL's hashes was 4 ms of `connectproxy explain`.
+computes nothing, and loading OpenSSL's hashes was 4 ms of `connectproxy explain`. The frozen
+values are `Frozen` (config/frozen.py) rather than dataclasses, which explain does not import.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ import binascii
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import Final
+
+from connectproxy.config.frozen import Frozen
 
 __all__ = [
     "DUMMY_HASH",
@@ -84,13 +86,17 @@ DUMMY_HASH: Final = f"scrypt$n={SCRYPT_N},r={SCRYPT_R},p={SCRYPT_P}${'A' * 22}${
 # --- our own format ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Scrypt:
+class _Scrypt(Frozen):
+    _fields = ("n", "r", "p", "salt", "digest")
+
     n: int
     r: int
     p: int
     salt: bytes
     digest: bytes
+
+    def __init__(self, n: int, r: int, p: int, salt: bytes, digest: bytes) -> None:
+        self._set(n=n, r=r, p=p, salt=salt, digest=digest)
 
     def compute(self, password: bytes) -> bytes:
         import hashlib
@@ -107,11 +113,15 @@ class _Scrypt:
         )
 
 
-@dataclass(frozen=True)
-class _Pbkdf2:
+class _Pbkdf2(Frozen):
+    _fields = ("iterations", "salt", "digest")
+
     iterations: int
     salt: bytes
     digest: bytes
+
+    def __init__(self, iterations: int, salt: bytes, digest: bytes) -> None:
+        self._set(iterations=iterations, salt=salt, digest=digest)
 
     def compute(self, password: bytes) -> bytes:
         import hashlib
@@ -405,12 +415,16 @@ def _verify_htpasswd_hash(password: str, stored: str, source: str) -> bool:
     return verify_password(password, stored)
 
 
-@dataclass(frozen=True)
-class Htpasswd:
+class Htpasswd(Frozen):
     """The users of an htpasswd file, every entry checked to be verifiable when it was loaded."""
 
+    _fields = ("entries", "source")
+
     entries: Mapping[str, str]
-    source: str = "htpasswd"
+    source: str
+
+    def __init__(self, entries: Mapping[str, str], source: str = "htpasswd") -> None:
+        self._set(entries=entries, source=source)
 
     @classmethod
     def parse(cls, text: str, source: str) -> Htpasswd:
