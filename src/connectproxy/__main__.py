@@ -2,6 +2,6 @@
 
 import sys
 
-from connectproxy.process.cli import main
+from connectproxy.process.entry import main
 
 sys.exit(main())

@@ -13,9 +13,7 @@ errors, since a typo must never silently weaken policy.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -70,6 +68,9 @@ def describe(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list | tuple):
         return "a list"
+    # Only PyYAML makes dates, and only then is datetime worth importing.
+    from datetime import date
+
     if isinstance(value, date):
         return "a date (quote it)"
     if isinstance(value, bytes):
@@ -106,6 +107,8 @@ def _unknown_key(key: Any, keys: Sequence[str]) -> str:
     valid = ", ".join(keys)
     if not isinstance(key, str):
         return f"unknown key {key!r} (keys are names); valid keys here: {valid}"
+    import difflib  # for this message only: its import is 1% of explain's time
+
     close = difflib.get_close_matches(key, keys, n=1)
     suggestion = f"did you mean {close[0]!r}? " if close else ""
     return f"unknown key {key!r}; {suggestion}valid keys here: {valid}"

@@ -7,7 +7,6 @@ as booleans, the classic surprise, so a boolean where text was expected gets a h
 
 from __future__ import annotations
 
-import difflib
 import math
 import unicodedata
 from typing import Any, TypeVar
@@ -79,6 +78,8 @@ def choice(check: Checker, value: Any, where: Where, choices: tuple[_Choice, ...
     for option in choices:
         if value == option:
             return option
+    import difflib  # for this message only: its import is 1% of explain's time
+
     close = difflib.get_close_matches(value, choices, n=1)
     suggestion = f"; did you mean {close[0]!r}?" if close else ""
     raise check.error(where, f"must be one of {options}, not {value!r}{suggestion}")

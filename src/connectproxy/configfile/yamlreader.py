@@ -15,7 +15,7 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 from connectproxy.configfile.errors import ConfigError
-from connectproxy.configfile.yamllines import LineList, LineMap
+from connectproxy.configfile.yamllines import LineList, LineMap, line_list, line_map
 from connectproxy.configfile.yamlsubset import read_subset
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def _loader_class() -> type[yaml.SafeLoader]:
         own_pairs = sum(1 for key_node, _ in node.value if key_node.tag != _MERGE_TAG)
         loader.flatten_mapping(node)
         first_own = len(node.value) - own_pairs
-        result = LineMap(_line(node))
+        result = line_map(_line(node))
         own_keys: set[Any] = set()
         for index, (key_node, value_node) in enumerate(node.value):
             key = construct(loader, key_node)
@@ -80,7 +80,7 @@ def _loader_class() -> type[yaml.SafeLoader]:
         return result
 
     def construct_sequence(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> LineList:
-        result = LineList(_line(node))
+        result = line_list(_line(node))
         for item_node in node.value:
             result.append(construct(loader, item_node))
             result.item_lines.append(_line(item_node))

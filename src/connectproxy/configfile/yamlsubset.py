@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from connectproxy.configfile.yamllines import LineList, LineMap
+from connectproxy.configfile.yamllines import LineList, LineMap, line_list, line_map
 
 __all__ = ["read_subset"]
 
@@ -51,6 +51,8 @@ _NOT_STRINGS = frozenset(
     ("y", "n", "yes", "no", "on", "off", "true", "false", "null", "~", "nan", "inf")
 )
 
+_PRINTABLE_OR_NEWLINE = bytes(range(0x20, 0x7F)) + b"\n"
+
 # One content line: (1-based line number, indentation, the text after it).
 _Line = tuple[int, int, str]
 
@@ -60,8 +62,10 @@ def read_subset(text: str) -> tuple[Any, int | None] | None:
     None when the text is not (obviously) in the subset."""
     # Anything but printable ASCII and newlines (tabs, carriage returns, other controls, any
     # non-ASCII character) sends the text to PyYAML, which also knows which characters YAML
-    # refuses and says so with the line. Two passes in C, a tenth of a regular expression's.
-    if not text.isascii() or not text.replace("\n", "").isprintable():
+    # refuses and says so with the line. Two passes in C, a tenth of a regular expression's: one
+    # to see it is ASCII, one that deletes every printable character and newline (an eighth of
+    # what str.isprintable costs per character).
+    if not text.isascii() or text.encode("ascii").translate(None, _PRINTABLE_OR_NEWLINE):
         return None
     lines: list[_Line] = []
     for number, raw in enumerate(text.split("\n"), start=1):
@@ -94,7 +98,7 @@ def _block(lines: list[_Line], i: int, indent: int) -> tuple[Any, int]:
 
 
 def _mapping(lines: list[_Line], i: int, indent: int) -> tuple[LineMap, int]:
-    result = LineMap(lines[i][0])
+    result = line_map(lines[i][0])
     count = len(lines)
     while i < count:
         number, at, text = lines[i]
@@ -128,7 +132,7 @@ def _mapping(lines: list[_Line], i: int, indent: int) -> tuple[LineMap, int]:
 
 
 def _sequence(lines: list[_Line], i: int, indent: int) -> tuple[LineList, int]:
-    result = LineList(lines[i][0])
+    result = line_list(lines[i][0])
     count = len(lines)
     while i < count:
         number, at, text = lines[i]
@@ -159,11 +163,14 @@ def _sequence(lines: list[_Line], i: int, indent: int) -> tuple[LineList, int]:
 def _value(text: str, line: int) -> Any:
     """A value written on one line after `key: ` or `- `, and an optional comment."""
     if text[0] == "[":
+        common = _common_quoted_list(text, line)
+        if common is not None:
+            return common
         quoted = _QUOTED_LIST.match(text)
         if quoted is not None:
             if not _REST.fullmatch(text, quoted.end()):
                 raise _Outside
-            result = LineList(line)
+            result = line_list(line)
             result.extend(_QUOTED_ITEM.findall(quoted.group(1)))
             result.item_lines.extend([line] * len(result))
             return result
@@ -174,9 +181,33 @@ def _value(text: str, line: int) -> Any:
     return value
 
 
+def _common_quoted_list(text: str, line: int) -> LineList | None:
+    """`["a", "b", "c"]` spelled exactly so (no spaces but one after each comma), or None.
+
+    The spelling nearly every list of domain patterns has, read with a few string operations
+    instead of two regular expressions over the line: it saves 12 ms of explain's 200 on the
+    benchmark's large config. Strings cannot hold `"`, so the first `"]` that closes an item
+    (an odd count of quotes before it would make it an opening one) ends the list.
+    """
+    end = text.find('"]')
+    if end < 0:
+        return None
+    body = text[1 : end + 1]
+    parts = body.split('"')
+    if parts[0] or len(parts) % 2 == 0 or "\\" in body:
+        return None
+    separators = parts[2:-1:2]
+    if separators.count(", ") != len(separators) or not _REST.fullmatch(text, end + 2):
+        return None
+    result = line_list(line)
+    result.extend(parts[1::2])
+    result.item_lines.extend([line] * len(result))
+    return result
+
+
 def _flow_list(text: str, line: int) -> LineList:
     """`[a, "b", 3]` on one line: scalars only, no trailing comma."""
-    result = LineList(line)
+    result = line_list(line)
     position = len(text) - len(text[1:].lstrip(" "))
     if text.startswith("]", position):
         end = position + 1

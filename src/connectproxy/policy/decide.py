@@ -8,7 +8,6 @@ do, and lets the tests cover every branch without sockets.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final, Literal
 
 from connectproxy.config.model import DEFAULT_POLICIES, Config, Policy
@@ -37,12 +36,28 @@ class Source:
         self.tls_names: Final = tls_names
 
 
-@dataclass(frozen=True, slots=True)
 class Credentials:
-    """Basic credentials the client sent, after `auth.Authenticator` checked the password."""
+    """Basic credentials the client sent, after `auth.Authenticator` checked the password.
 
-    user: str
-    valid: bool
+    Compared, hashed and shown as the frozen dataclass it was; written out because `explain`
+    does not import dataclasses (config/frozen.py)."""
+
+    __slots__ = ("user", "valid")
+
+    def __init__(self, user: str, valid: bool) -> None:
+        self.user: Final = user
+        self.valid: Final = valid
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Credentials):
+            return NotImplemented
+        return (self.user, self.valid) == (other.user, other.valid)
+
+    def __hash__(self) -> int:
+        return hash((self.user, self.valid))
+
+    def __repr__(self) -> str:
+        return f"Credentials(user={self.user!r}, valid={self.valid!r})"
 
 
 class Decision:

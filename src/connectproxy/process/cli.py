@@ -11,6 +11,7 @@ tests/unit/process/test_cli_imports.py holds `explain` and `check-config` to it.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -60,12 +61,15 @@ def _without_prefix(message: str, path: Path) -> str:
 
 
 def _with_warnings(config: Config, warnings: Sequence[str]) -> Config:
-    from dataclasses import replace
+    from connectproxy.config.frozen import replace
 
     return replace(config, warnings=(*config.warnings, *warnings))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # The console script starts with the cyclic collector off, for the commands that answer and
+    # exit (process/entry.py); a server runs for months and needs it.
+    gc.enable()
     # Host name lookups run on libuv's thread pool, 4 threads by default: a few lookups a silent
     # resolver never answers would hold every thread and stall all other lookups.
     os.environ.setdefault("UV_THREADPOOL_SIZE", "128")

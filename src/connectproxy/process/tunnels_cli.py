@@ -5,15 +5,15 @@ the admin token, both read from the same config file the proxy runs on. Exit sta
 1 when the proxy cannot be reached or refuses the token (one line on stderr, never a
 traceback); 2 for a config or command-line mistake, including a config without
 `admin.token_file`.
+
+The modules only this command needs (json, time, calendar, http.client) are imported where they
+are used: cli.py imports this module to build its parser for every command, `explain` included.
 """
 
 from __future__ import annotations
 
 import argparse
-import calendar
-import json
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +61,9 @@ def add_tunnels_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
 
 
 def cmd_tunnels(args: argparse.Namespace) -> int:
+    import json
+    import time
+
     config = load_config(Path(args.config) if args.config else None)
     filters: dict[str, object] | None = None
     if args.close is not None:
@@ -117,6 +120,8 @@ def _url(host: str, port: int) -> str:
 
 
 def _call(host: str, port: int, token: str, method: str, path: str, body: object) -> Any:
+    import json
+
     url = _url(host, port)
     payload = None if body is None else json.dumps(body).encode()
     headers = {"Authorization": f"Bearer {token}"}
@@ -180,6 +185,9 @@ def _bytes(value: object) -> str:
 
 
 def _age(started: object, now: float) -> str:
+    import calendar
+    import time
+
     if not isinstance(started, str):
         return "-"
     try:

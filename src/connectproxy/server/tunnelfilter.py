@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
 
+from connectproxy.config.frozen import Frozen
 from connectproxy.matching.domains import DomainPattern, parse_domain_pattern
 from connectproxy.matching.netset import IPAddress
 
@@ -27,14 +27,28 @@ class FilterError(ValueError):
     """A filter that cannot be used; the message says why, for a 400 or the command line."""
 
 
-@dataclass(frozen=True)
-class TunnelFilter:
-    id: int | None = None
-    client: str | None = None
-    user: str | None = None
-    policy: str | None = None
-    host: DomainPattern | None = None
-    host_ip: IPAddress | None = None
+class TunnelFilter(Frozen):
+    # A frozen value without dataclasses, which `explain` does not import (config/frozen.py):
+    # cli.py imports this module for the tunnels command's help.
+    _fields = ("id", "client", "user", "policy", "host", "host_ip")
+
+    id: int | None
+    client: str | None
+    user: str | None
+    policy: str | None
+    host: DomainPattern | None
+    host_ip: IPAddress | None
+
+    def __init__(
+        self,
+        id: int | None = None,
+        client: str | None = None,
+        user: str | None = None,
+        policy: str | None = None,
+        host: DomainPattern | None = None,
+        host_ip: IPAddress | None = None,
+    ) -> None:
+        self._set(id=id, client=client, user=user, policy=policy, host=host, host_ip=host_ip)
 
     def matches(
         self,

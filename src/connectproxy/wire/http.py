@@ -19,9 +19,8 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
-from typing import NoReturn
+from typing import Final, NoReturn
 
 from connectproxy.outcome import Outcome, Refusal
 from connectproxy.wire.hostnames import normalise_hostname
@@ -74,13 +73,31 @@ def _outcome_for(status: int) -> Outcome:
     raise ValueError(f"RequestError does not cover HTTP status {status}")
 
 
-@dataclass(frozen=True, slots=True)
+# Target and Request are compared, hashed and shown as the frozen dataclasses they were, and as
+# immutable (mypy refuses an assignment, and compiled it raises); written out because `explain`
+# does not import dataclasses (config/frozen.py).
+
+
 class Target:
     """Where the client asked to go, in the one spelling the policy and the resolver both see."""
 
-    host: str
-    port: int
-    ip: IPv4Address | IPv6Address | None
+    __slots__ = ("host", "ip", "port")
+
+    def __init__(self, host: str, port: int, ip: IPv4Address | IPv6Address | None) -> None:
+        self.host: Final = host
+        self.port: Final = port
+        self.ip: Final = ip
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Target):
+            return NotImplemented
+        return (self.host, self.port, self.ip) == (other.host, other.port, other.ip)
+
+    def __hash__(self) -> int:
+        return hash((self.host, self.port, self.ip))
+
+    def __repr__(self) -> str:
+        return f"Target(host={self.host!r}, port={self.port!r}, ip={self.ip!r})"
 
     @property
     def authority(self) -> str:
@@ -89,13 +106,39 @@ class Target:
         return f"{self.host}:{self.port}"
 
 
-@dataclass(frozen=True, slots=True)
 class Request:
-    method: str
-    target: Target
-    version: str
-    headers: tuple[tuple[str, str], ...]
-    proxy_authorization: str | None
+    __slots__ = ("headers", "method", "proxy_authorization", "target", "version")
+
+    def __init__(
+        self,
+        method: str,
+        target: Target,
+        version: str,
+        headers: tuple[tuple[str, str], ...],
+        proxy_authorization: str | None,
+    ) -> None:
+        self.method: Final = method
+        self.target: Final = target
+        self.version: Final = version
+        self.headers: Final = headers
+        self.proxy_authorization: Final = proxy_authorization
+
+    def _fields(self) -> tuple[object, ...]:
+        return (self.method, self.target, self.version, self.headers, self.proxy_authorization)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Request):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"Request(method={self.method!r}, target={self.target!r}, version={self.version!r}, "
+            f"headers={self.headers!r}, proxy_authorization={self.proxy_authorization!r})"
+        )
 
 
 def find_head_end(buf: bytes | bytearray, max_bytes: int) -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import hashlib
 import ipaddress
 import textwrap
@@ -20,6 +19,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from connectproxy.config.frozen import replace
 from connectproxy.config.model import (
     DEFAULT_DENY_NETWORKS,
     Config,
@@ -108,7 +108,7 @@ def test_embedded_default_is_spec_3_1() -> None:
     assert config.htpasswd_file is None
     assert config.upstream is None
     assert config.metrics == Metrics("127.0.0.1", 9128)
-    # Everything else is the dataclass default, spelled out in the file for the reader.
+    # Everything else is the model default, spelled out in the file for the reader.
     assert config.destinations == Destinations()
     assert config.timeouts == Timeouts()
     assert config.limits == Limits()
@@ -342,7 +342,7 @@ def test_benchmark_template_loads() -> None:
 def test_config_from_mapping_validates_the_same_without_lines() -> None:
     config = config_from_mapping(yaml.safe_load(BENCH_CONFIG), "squid.conf", REPO)
     from_yaml = parse_config(BENCH_CONFIG, "squid.conf", REPO)
-    assert dataclasses.replace(config, warnings=()) == dataclasses.replace(from_yaml, warnings=())
+    assert replace(config, warnings=()) == replace(from_yaml, warnings=())
     # The same warning, without a line to point at.
     assert config.warnings == (
         "squid.conf: destinations.deny_networks: empty: tunnels may reach loopback, "

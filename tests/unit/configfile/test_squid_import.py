@@ -7,7 +7,6 @@ say how the result differs from Squid. The reader is tested on its own for Squid
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import re
 import shutil
@@ -18,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connectproxy.config.frozen import replace
 from connectproxy.config.model import DEFAULT_DENY_NETWORKS, Config, Listener
 from connectproxy.configfile.errors import ConfigError
 from connectproxy.configfile.load import config_from_mapping, parse_config
@@ -103,7 +103,7 @@ def test_every_corpus_file_loads_and_its_yaml_reparses_to_the_same_config(name: 
     text = translation.to_yaml()
     reparsed = parse_config(text, str(path), path.parent)
     # Only the loader's own warnings differ: the YAML ones carry line numbers.
-    assert dataclasses.replace(reparsed, warnings=()) == dataclasses.replace(config, warnings=())
+    assert replace(reparsed, warnings=()) == replace(config, warnings=())
     assert text.startswith(f"# connectproxy configuration translated from {path}\n")
     for warning in translation.warnings:
         assert re.match(r"^\S+:\d+: \S", warning), warning

@@ -255,3 +255,22 @@ def test_damaged_documents(lines: list[str], at: int, insert: str) -> None:
     text = "\n".join(lines) + "\n"
     at %= len(text)
     check(text[:at] + insert + text[at + 1 :])
+
+
+@st.composite
+def quoted_lists(draw: st.DrawFn) -> str:
+    """`["a", "b"]` lines, mostly in the one spelling the reader has a shortcut for, with the
+    characters that could fool a shortcut (quotes, brackets, commas, backslashes, comments)."""
+    words = st.text(alphabet='ab.*-],"\\# ', max_size=6)
+    separators = st.sampled_from([", ", ", ", ", ", ",", " ,", ",  "])
+    items = draw(st.lists(words, min_size=1, max_size=4))
+    text = "["
+    for index, item in enumerate(items):
+        text += (draw(separators) if index else "") + '"' + item + '"'
+    return text + "]" + draw(st.sampled_from(["", "", " # c", '  # "]', "x", '"]', ", "]))
+
+
+@settings(max_examples=600, deadline=None)
+@given(quoted_lists())
+def test_quoted_lists_read_as_pyyaml_reads_them(line: str) -> None:
+    check(f"a: {line}\nb:\n  - {line}\n")

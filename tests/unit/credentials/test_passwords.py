@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connectproxy.credentials import passwords
 from connectproxy.credentials.passwords import (
     DUMMY_HASH,
     Htpasswd,
@@ -364,3 +365,47 @@ def test_bcrypt_verify_without_bcrypt_says_how_to_fix(
     monkeypatch.setitem(sys.modules, "bcrypt", None)
     with pytest.raises(HtpasswdError, match=r"install connectproxy\[bcrypt\]"):
         htpasswd.verify("alice", "correct horse")
+
+
+B64_TEXT = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
+
+
+@settings(max_examples=500)
+@given(B64_TEXT.filter(bool))
+def test_the_base64_size_check_agrees_with_decoding(text: str) -> None:
+    try:
+        size: int | None = len(passwords._b64decode(text, "salt", 0, 1000))
+    except ValueError:
+        size = None
+    assert passwords._canonical_b64_size(text) == size
+
+
+@settings(max_examples=1000)
+@given(
+    st.sampled_from(["scrypt$n=", "pbkdf2-sha256$i=", "scrypt$n=16384,r=", "x"]),
+    st.sampled_from(["16384,r=8,p=1", "1024,r=1,p=1", "3,r=8,p=1", "65536,r=32,p=16", "120000"]),
+    st.sampled_from(["", "0", "00", "1", "2000001"]),
+    st.lists(st.one_of(B64_TEXT, st.sampled_from(SCRYPT_SECRET.split("$")[2:])), max_size=3),
+    st.sampled_from(["", "$", "=", " "]),
+)
+def test_the_quick_format_check_accepts_only_what_parsing_accepts(
+    scheme: str, params: str, more: str, parts: list[str], tail: str
+) -> None:
+    """`check_hash_format` decides the common (valid) case without decoding; whatever it
+    accepts that way, the full parse must accept too, and it must accept every real hash."""
+    value = scheme + params + more + "".join("$" + part for part in parts) + tail
+    try:
+        passwords._parse(value)
+        parses = True
+    except ValueError:
+        parses = False
+    if passwords._well_formed(value):
+        assert parses
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.binary(min_size=16, max_size=64), st.binary(min_size=32, max_size=32))
+def test_the_quick_format_check_accepts_well_formed_hashes(salt: bytes, digest: bytes) -> None:
+    encoded = f"${passwords._b64encode(salt)}${passwords._b64encode(digest)}"
+    assert passwords._well_formed("scrypt$n=16384,r=8,p=1" + encoded)
+    assert passwords._well_formed("pbkdf2-sha256$i=600000" + encoded)

@@ -1,6 +1,6 @@
 """Per-client policies (SPEC section 3.2): the model and the destination step's decision table.
 
-Configs are built from the dataclasses, so each test shows every policy it relies on. One rule
+Configs are built from the model classes, so each test shows every policy it relies on. One rule
 of section 3.2 per group of tests, in the spec's order: the model (defaults, `allow` as
 `default`, bindings), then step 5 (first matching policy allows; else the first report-mode
 policy holding the port lets through with would_deny; else 403 naming the policies tried).
@@ -8,12 +8,12 @@ policy holding the port lets through with would_deny; else 403 naming the polici
 
 from __future__ import annotations
 
-from dataclasses import replace
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 
 import pytest
 
+from connectproxy.config.frozen import replace
 from connectproxy.config.model import (
     DEFAULT_POLICY,
     Allow,

@@ -1,7 +1,7 @@
 """Admission, destination and routing decisions (`connectproxy.policy.decide`, SPEC section 4
 steps 4-6).
 
-Configs are built from the dataclasses directly, so each test shows the whole policy it relies on;
+Configs are built from the model classes directly, so each test shows the whole policy it relies on;
 a few go through `configfile.parse_config` to pin down that what an operator writes in YAML is what
 the policy sees. The property test at the end compares `decide` with a matcher written here from
 the pattern rules in SPEC section 3, working on labels rather than string suffixes.
@@ -9,7 +9,6 @@ the pattern rules in SPEC section 3, working on labels rather than string suffix
 
 from __future__ import annotations
 
-from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from connectproxy.config.frozen import replace
 from connectproxy.config.model import (
     Allow,
     Client,
