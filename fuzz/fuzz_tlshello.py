@@ -1,9 +1,9 @@
 """atheris target: the TLS ClientHello reader and JA4 (wire/tlshello.py).
 
 The input is what a client sends into a tunnel; the seeds (fuzz/corpus/tlshello/) are real hellos:
-Python's ssl, openssl s_client, curl and Chromium 156 (with its post-quantum key share) captured
-on loopback, and browsers and other clients from the published captures of FoxIO's JA4
-repository. Properties beyond "no exception but ClientHelloError":
+Python's ssl, openssl s_client, curl, Go's crypto/tls and Chromium 156 (with its post-quantum key
+share) captured on loopback, and browsers and other clients from the published captures of
+FoxIO's JA4 repository. Properties beyond "no exception but ClientHelloError":
 
 - fed the way the guard feeds it (the input's length picks the read size), the answers are
   NeedMore until one verdict, and the verdict never changes as more bytes arrive; every NeedMore

@@ -296,6 +296,20 @@ def test_published_capture(name: str) -> None:
     assert ja4(h) == expected_ja4 == reference_of(h)
 
 
+def test_a_go_client_hello() -> None:
+    """Go's crypto/tls (Go 1.19, Debian's golang-go), captured once from a client dialling a
+    local listener with ServerName "sensor.example.net" and NextProtos h2, http/1.1. Go orders
+    and picks its suites and extensions itself, unlike the OpenSSL-based clients above; its
+    fingerprint here is computed by the reference of this file too."""
+    data = (SEEDS / "go-crypto-tls-sni").read_bytes()
+    h = parse(data)
+    assert h.length == len(data) == 284
+    assert h.server_name == "sensor.example.net"
+    assert h.alpn == (b"h2", b"http/1.1")
+    assert h.version_text == "1.3" and h.supported_versions == (0x0304, 0x0303)
+    assert ja4(h) == "t13d1910h2_9dc949149365_97f8aa674fd9" == reference_of(h)
+
+
 def test_the_non_ascii_alpn_capture_differs_from_the_others_only_in_alpn() -> None:
     odd = parse((SEEDS / "foxio-tls-non-ascii-alpn-50112").read_bytes())
     usual = parse((SEEDS / "foxio-tls-sni-50112").read_bytes())
