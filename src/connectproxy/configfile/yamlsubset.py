@@ -109,10 +109,9 @@ def _mapping(lines: list[_Line], i: int, indent: int) -> tuple[LineMap, int]:
         match = _KEY.fullmatch(text)
         if match is None:
             raise _Outside
-        key = match.group(1)
+        key, rest = match.group(1, 2)
         if key.lower() in _NOT_STRINGS:
             raise _Outside
-        rest = match.group(2)
         i += 1
         if rest is None or rest[0] == "#":
             value: Any = None
