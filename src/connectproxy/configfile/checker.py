@@ -13,7 +13,7 @@ errors, since a typo must never silently weaken policy.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,19 +78,24 @@ def describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def entries(check: Checker, value: Any, where: Where) -> Iterator[tuple[Any, Any, Where]]:
-    """(key, value, place of the key) of a mapping, after refusing duplicate keys."""
+def entries(check: Checker, value: Any, where: Where) -> list[tuple[Any, Any, Where]]:
+    """(key, value, place of the key) of a mapping, after refusing duplicate keys.
+
+    A list rather than a generator: every mapping of the file passes through here, and building
+    the list costs less than resuming a generator for each key.
+    """
     if not isinstance(value, Mapping):
         raise check.error(where, f"must be a mapping (key: value lines), not {describe(value)}")
-    if isinstance(value, LineMap) and value.duplicates:
+    if not isinstance(value, LineMap):
+        return [(key, item, where.key(str(key), None)) for key, item in value.items()]
+    if value.duplicates:
         key, line, first_line = value.duplicates[0]
         raise check.error(
             where.key(str(key), line),
             f"key written twice (first on line {first_line}); keep one",
         )
-    for key, item in value.items():
-        key_line = value.key_lines.get(key) if isinstance(value, LineMap) else None
-        yield key, item, where.key(str(key), key_line)
+    key_lines = value.key_lines
+    return [(key, item, where.key(str(key), key_lines.get(key))) for key, item in value.items()]
 
 
 def items(check: Checker, value: Any, where: Where) -> list[tuple[Any, Where]]:

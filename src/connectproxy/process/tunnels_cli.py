@@ -7,7 +7,7 @@ traceback); 2 for a config or command-line mistake, including a config without
 `admin.token_file`.
 
 The modules only this command needs (json, time, calendar, http.client) are imported where they
-are used: cli.py imports this module to build its parser for every command, `explain` included.
+are used: cli.py imports this module to build the parser of every command (for `--help`).
 """
 
 from __future__ import annotations
