@@ -447,6 +447,111 @@ def test_unusable_auth_helper_admits_nobody_by_password() -> None:
     assert_warning(translation, file, 9, "nobody is admitted by password", "stricter")
 
 
+def test_a_password_asked_for_some_hosts_leaves_the_others_to_later_lines(
+    tmp_path: Path,
+) -> None:
+    """`allow updates admins` asks for a password only on requests to `updates`: the sensors'
+    own line below it keeps its hosts, exactly, and the administrators keep theirs."""
+    shutil.copy(DATA / "passwords", tmp_path / "passwords")
+    path = tmp_path / "auth-for-some-sites.conf"
+    shutil.copy(DATA / "auth-for-some-sites.conf", path)
+    translation = translate_file(path)
+    config = load(translation, path)
+    sensor = Source(ip_address("10.1.2.3"), 0)
+    hub, updates = (
+        parse_target("x.azure-devices.net:443"),
+        parse_target("download.microsoft.com:443"),
+    )
+    assert decide(hub, sensor, None, config).allowed
+    assert not decide(updates, sensor, None, config).allowed
+    assert decide(updates, sensor, Credentials("alice", True), config).allowed
+    assert not any("password" in w for w in warnings_at(translation, path, 13))
+
+
+def test_a_password_asked_for_the_same_hosts_is_taken_away_and_warned(tmp_path: Path) -> None:
+    """The same config with `allow azure admins` first: Squid answers the sensors 407 for the
+    IoT Hub, so their line lets nothing through without a password."""
+    shutil.copy(DATA / "passwords", tmp_path / "passwords")
+    text = (DATA / "auth-for-some-sites.conf").read_text()
+    path = write(tmp_path, "squid.conf", text.replace("allow updates admins", "allow azure admins"))
+    translation = translate_file(path)
+    config = load(translation, path)
+    sensor = Source(ip_address("10.1.2.3"), 0)
+    assert not decide(parse_target("x.azure-devices.net:443"), sensor, None, config).allowed
+    assert_warning(
+        translation,
+        path,
+        13,
+        "asks a client without a password",
+        "squid.conf:12",
+        "every request this line allows",
+    )
+
+
+def test_a_password_asked_of_some_sources_for_some_hosts_is_stricter_and_warned(
+    tmp_path: Path,
+) -> None:
+    """`allow plant updates admins` asks only the plant for a password, only for `updates`: a
+    line for sensors inside and outside the plant cannot keep both exactly, so it loses
+    `updates` for all of them (stricter than Squid, warned)."""
+    shutil.copy(DATA / "passwords", tmp_path / "passwords")
+    text = (DATA / "auth-for-some-sites.conf").read_text()
+    text = text.replace(
+        "acl sensors src 10.1.0.0/16", "acl sensors src 10.1.0.0/16\nacl plant src 10.1.0.0/24"
+    )
+    text = text.replace(
+        "acl azure dstdomain .azure-devices.net",
+        "acl azure dstdomain .azure-devices.net download.microsoft.com",
+    )
+    path = write(
+        tmp_path, "squid.conf", text.replace("allow updates admins", "allow plant updates admins")
+    )
+    translation = translate_file(path)
+    config = load(translation, path)
+    outside_plant = Source(ip_address("10.1.9.9"), 0)
+    assert decide(parse_target("x.azure-devices.net:443"), outside_plant, None, config).allowed
+    assert not decide(
+        parse_target("download.microsoft.com:443"), outside_plant, None, config
+    ).allowed
+    assert_warning(translation, path, 14, "hosts download.microsoft.com", "stricter than Squid")
+
+
+def test_a_deny_whose_sources_hold_for_the_whole_allow_line_is_exact(tmp_path: Path) -> None:
+    """`deny sensors updates` names two kinds of acl, but for `allow sensors sites` the source
+    always matches, so only the hosts decide: taking `updates` away is exactly Squid's answer."""
+    path = write(
+        tmp_path,
+        "squid.conf",
+        "acl sensors src 10.1.0.0/16\n"
+        "acl updates dstdomain download.microsoft.com\n"
+        "acl sites dstdomain .azure-devices.net download.microsoft.com\n"
+        "http_access deny sensors updates\n"
+        "http_access allow sensors sites\n"
+        "http_access deny all\n",
+    )
+    translation = translate_file(path)
+    config = load(translation, path)
+    assert domains(config) == [".azure-devices.net"]
+    assert not warnings_at(translation, path, 4)
+    assert not any("stricter" in w for w in warnings_at(translation, path, 5))
+
+
+def test_a_deny_covering_the_whole_allow_line_leaves_nothing_and_says_so(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "squid.conf",
+        "acl sensors src 10.1.0.0/16\n"
+        "acl plant src 10.1.2.0/24\n"
+        "acl sites dstdomain .azure-devices.net\n"
+        "http_access deny sensors sites\n"
+        "http_access allow plant sites\n"
+        "http_access deny all\n",
+    )
+    translation = translate_file(path)
+    assert translation.mapping["clients"] == []
+    assert_warning(translation, path, 5, "squid.conf:4", "refuses every request this line allows")
+
+
 def test_destination_acls_become_deny_networks() -> None:
     translation, config = translated("destinations.conf")
     extra = ipaddress.ip_network("10.10.0.0/16")

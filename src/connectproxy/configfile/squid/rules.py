@@ -151,7 +151,8 @@ class _Walk:
                 where,
                 "no http_access lines: Squid refuses every request, so no client is admitted",
             )
-        challenges: list[tuple[Rule, tuple[IPNetwork, ...], bool]] = []
+        # Lines that answer 407 to some requests without credentials: a deny for those.
+        challenges: list[tuple[Rule, Match]] = []
         # A deny naming users that could not be applied: later password lines cannot be kept.
         user_deny: Rule | None = None
         for position, rule in enumerate(rules):
@@ -159,7 +160,7 @@ class _Walk:
             challenge = _challenge(rule)
             if match is None:
                 if challenge is not None:
-                    challenges.append((rule, *challenge))
+                    challenges.append((rule, challenge))
                 if not rule.allow and user_deny is None and _names_users(rule):
                     user_deny = rule
                 continue
@@ -187,7 +188,7 @@ class _Walk:
                     self.note_unreachable(rule, rules[position + 1 :])
                     return terms
             if challenge is not None:
-                challenges.append((rule, *challenge))
+                challenges.append((rule, challenge))
             if rule.allow:
                 pass
             elif match.destinations:
@@ -199,34 +200,41 @@ class _Walk:
                 denies.append((rule, match))
         return terms
 
-    def apply_challenges(
-        self, term: Term, challenges: list[tuple[Rule, tuple[IPNetwork, ...], bool]]
-    ) -> Term | None:
+    def apply_challenges(self, term: Term, challenges: list[tuple[Rule, Match]]) -> Term | None:
         """A line above that reaches a proxy_auth acl answers 407 to a request without
-        credentials, so such requests from its sources never reach this line: take them away."""
+        credentials, so the requests it asks a password of never reach this line: for a line
+        admitting by address, that line is a deny of the requests its acls before the
+        proxy_auth acl match (`allow updates admins` asks only those going to `updates`)."""
         match = term.match
-        for rule, sources, exact in challenges:
-            admitted = ANYWHERE if match.sources is None else match.sources
-            if not intersect(admitted, sources):
+        for rule, asked in challenges:
+            if _disjoint(match, asked):
                 continue
-            left = subtract(admitted, sources)
-            how = (
-                ""
-                if exact
-                else (
-                    " (for every destination, though Squid asks only for some: stricter than Squid)"
+            dimensions = _deciding(match, asked)
+            where = f"at {rule.text} ({rule.directive.where}) before this line"
+            if not dimensions:
+                self.report.warn_line(
+                    term.rule,
+                    f"Squid asks a client without a password for one {where} for every request "
+                    "this line allows, so it admits nobody without a password (as in Squid)",
                 )
+                return None
+            dimension = dimensions[0]
+            stricter = (
+                f" (for every request with those {dimension}, though Squid asks only for some: "
+                "stricter than Squid)"
+                if len(dimensions) > 1
+                else ""
             )
+            narrowed = _subtract_dimension(match, asked, dimension)
             self.report.warn_line(
                 term.rule,
-                f"Squid asks a client without a password for one at {rule.text} "
-                f"({rule.directive.where}) before this line, for sources "
-                f"{', '.join(net_text(n) for n in collapse(sources))}: those are not admitted "
-                f"without a password by this line{how}",
+                f"Squid asks a client without a password for one {where}, for "
+                f"{_described(asked, dimension)}: this line does not let those through without "
+                f"a password{stricter}",
             )
-            if not left:
+            if narrowed is None:
                 return None
-            match = replace(match, sources=left)
+            match = narrowed
         return replace(term, match=match)
 
     def note_unreachable(self, final: Rule, later: list[Rule]) -> None:
@@ -347,8 +355,16 @@ class _Walk:
         for deny, refused in denies:
             if _disjoint(match, refused):
                 continue
-            # A deny with no conditions ended the walk in terms(), so there is one at least.
-            dimensions = refused.dimensions()
+            # A deny with no conditions ended the walk in terms(), so there is one at least,
+            # unless the allow line lies wholly inside it.
+            dimensions = _deciding(match, refused)
+            if not dimensions:
+                self.report.warn_line(
+                    rule,
+                    f"{deny.text} ({deny.directive.where}) refuses every request this line "
+                    "allows, so it lets nothing through (as in Squid)",
+                )
+                return None
             dimension = dimensions[0]
             if len(dimensions) > 1:
                 self.report.warn_line(
@@ -364,27 +380,64 @@ class _Walk:
         return Term(rule, match, _client_name(rule))
 
 
-def _challenge(rule: Rule) -> tuple[tuple[IPNetwork, ...], bool] | None:
-    """The sources whose requests without credentials reach a proxy_auth acl of `rule` (Squid
-    answers them 407 there), and whether that holds for every destination; None if none do."""
-    sources: tuple[IPNetwork, ...] = ANYWHERE
-    exact = True
+def _challenge(rule: Rule) -> Match | None:
+    """The requests without credentials that reach a proxy_auth acl of `rule` (Squid answers
+    them 407 there): what the acls before it match. None if none can.
+
+    An acl this module cannot evaluate counts as matching (the challenge then covers more
+    requests than Squid's, which makes the lines below it stricter, never wider).
+    """
+    asked = Match()
     for condition in rule.conditions:
         acl, negated = condition.acl, condition.negated
         if acl.type == "proxy_auth":
-            return (sources, exact) if sources else None
+            return asked
         if acl.type == "src":
             nets = complement(acl.networks) if negated else acl.networks
-            sources = intersect(sources, nets)
+            joined = nets if asked.sources is None else intersect(asked.sources, nets)
+            if not joined:
+                return None
+            asked = replace(asked, sources=joined)
+        elif acl.type == "port":
+            ports = ALL_PORTS - acl.ports if negated else acl.ports
+            joined_ports = ports if asked.ports is None else asked.ports & ports
+            if not joined_ports:
+                return None
+            asked = replace(asked, ports=joined_ports)
+        elif acl.type == "dstdomain":
+            if negated:
+                asked = replace(asked, except_domains=(*asked.except_domains, *acl.domains))
+            else:
+                patterns = acl.domains
+                if asked.domains is not None:
+                    patterns = intersect_patterns(asked.domains, patterns)
+                if not patterns:
+                    return None
+                asked = replace(asked, domains=patterns)
         elif acl.type == "method":
             if ("CONNECT" in acl.methods) == negated:
                 return None
-        elif acl.type == "manager":
-            if not negated:
-                return None
-        else:
-            exact = False  # a destination condition: only some requests reach the acl
+        elif acl.type == "manager" and not negated:
+            return None
     return None
+
+
+def _described(asked: Match, dimension: str) -> str:
+    """The part of a challenge a warning names: its sources, hosts or ports."""
+    if dimension == "sources":
+        return "sources " + ", ".join(net_text(n) for n in collapse(asked.sources or ()))
+    if dimension == "ports":
+        return "ports " + _ports_text(asked.ports or frozenset())
+    hosts = ", ".join(p.text for p in asked.domains or ())
+    unless = ", ".join(p.text for p in asked.except_domains)
+    if hosts and unless:
+        return f"hosts {hosts} (but not {unless})"
+    return f"hosts {hosts}" if hosts else f"every host but {unless}"
+
+
+def _ports_text(ports: frozenset[int]) -> str:
+    shown = sorted(ports)
+    return ", ".join(map(str, shown)) if len(shown) <= 8 else f"{len(shown)} ports"
 
 
 def _names_users(rule: Rule) -> bool:
@@ -425,6 +478,33 @@ def _disjoint(allowed: Match, refused: Match) -> bool:
     if refused.users is not None and refused.users_negated and allowed.users is not None:
         return refused.users.includes(allowed.users)
     return False
+
+
+def _deciding(allowed: Match, refused: Match) -> list[str]:
+    """The dimensions of `refused` that split `allowed`: those whose value does not already hold
+    for every request `allowed` matches. A deny `net1 sites2` above `allow net1 sites1 sites2`
+    constrains two properties, but for that line only the hosts decide, so taking its hosts away
+    is exact. Empty: the deny refuses everything the line allows."""
+    left = []
+    for dimension in refused.dimensions():
+        if dimension == "sources":
+            inside = allowed.sources is not None and not subtract(
+                allowed.sources, refused.sources or ()
+            )
+        elif dimension == "ports":
+            inside = allowed.ports is not None and allowed.ports <= (refused.ports or frozenset())
+        elif dimension == "domains":
+            inside = (
+                allowed.domains is not None
+                and refused.domains is not None
+                and not refused.except_domains
+                and all(any(covers(r, a) for r in refused.domains) for a in allowed.domains)
+            )
+        else:
+            inside = False
+        if not inside:
+            left.append(dimension)
+    return left
 
 
 def _subtract_dimension(allowed: Match, refused: Match, dimension: str) -> Match | None:
