@@ -18,6 +18,7 @@ on connectproxy.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 from collections.abc import Iterator, Sequence
@@ -369,6 +370,60 @@ def squid_decides(conf: SquidConf, request: Request) -> Verdict:
         if matched:
             return Verdict(rule.allow, index)
     return Verdict(not conf.rules[-1].allow if conf.rules else False, None)
+
+
+# Why connectproxy refused what Squid allowed: the rules of SPEC sections 4 and 9 that make a
+# translation stricter on purpose, then the translation's own limits. Most specific first.
+Cause = Literal[
+    "wrong password",
+    "implicit allow",
+    "any host",
+    "any port",
+    "wide port acl",
+    "translation",
+]
+# Those a translation following the SPEC cannot make equal: Squid let the request through a
+# line that SPEC section 9 narrows (no dstdomain: any host; no port acl and no `deny CONNECT
+# !SSL_ports` above it: any port; the implicit allow after a final deny: both), or with wrong
+# credentials that SPEC section 4 refuses.
+SPEC_STRICTER: tuple[Cause, ...] = ("wrong password", "implicit allow", "any host", "any port")
+CAUSES: tuple[Cause, ...] = (*SPEC_STRICTER, "wide port acl", "translation")
+# Above this many ports a translated policy keeps only 443 (configfile/squid/access.py).
+LISTED_PORTS = 1024
+
+
+def why_stricter(conf: SquidConf, request: Request, verdict: Verdict) -> Cause:
+    """Which rule refuses a request Squid allowed (`verdict`), judged from the line that let it
+    through: a summary of the differences, never a verdict (the warnings are checked apart)."""
+    if request.identity.user is not None and not request.identity.valid:
+        return "wrong password"
+    if verdict.rule is None:
+        return "implicit allow"
+    rule = conf.rules[verdict.rule]
+    positive = [conf.acl(t.name) for t in rule.terms if not t.negated]
+    kinds = {acl.type for acl in positive if acl is not None}
+    if "dstdomain" not in kinds:
+        return "any host"
+    ports_denied_above = any(
+        not above.allow and above.terms[0].name == "CONNECT" for above in conf.rules[: verdict.rule]
+    )
+    if "port" not in kinds and not ports_denied_above and request.port != 443:
+        return "any port"
+    if "port" in kinds and request.port != 443:
+        port_acls = tuple(acl.values for acl in positive if acl is not None and acl.type == "port")
+        if _ports_allowed(port_acls) > LISTED_PORTS:
+            return "wide port acl"
+    return "translation"
+
+
+@functools.cache
+def _ports_allowed(port_acls: tuple[tuple[str, ...], ...]) -> int:
+    """How many ports every one of these port acls matches."""
+    return sum(
+        1
+        for port in range(1, 65536)
+        if all(any(_port_matches(v, port) for v in values) for values in port_acls)
+    )
 
 
 def responsible_lines(conf: SquidConf, rendered: Rendered, verdict: Verdict) -> tuple[int, ...]:

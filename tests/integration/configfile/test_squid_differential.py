@@ -43,6 +43,12 @@ One stricter case is allowed without a warning: credentials with a wrong passwor
 connectproxy refuses even from an admitted network (SPEC section 4, step 4) while Squid ignores
 them on a line without a proxy_auth ACL. It is counted apart ("wrong password").
 
+The summary also counts the stricter requests by cause, judged from the line that let them
+through in Squid (`why_stricter`): those the SPEC makes stricter on purpose (a wrong password;
+a line reaching any host or any port; Squid's implicit allow after a final deny), a port acl too
+wide to list, and the translation's own limits; and the agreement on the requests left when
+the first kind is set aside.
+
 The assertions (the promise of SPEC section 9): no request is wider; every stricter request but
 the wrong-password ones is warned. With SQUIDDIFF_GOAL=1 (`make squid-differential`), also the
 agreement goal: at least 95% of all requests are equal. One summary line is
@@ -78,12 +84,16 @@ import pytest
 import uvloop
 
 from tests.squid_differential import (
+    CAUSES,
     HOSTS,
     IDENTITIES,
     PASSWORDS,
     PORTS,
     SOURCES,
+    SPEC_STRICTER,
     Acl,
+    Cause,
+    Identity,
     Rendered,
     Request,
     Rule,
@@ -96,6 +106,7 @@ from tests.squid_differential import (
     requests,
     responsible_lines,
     squid_decides,
+    why_stricter,
 )
 from tests.support import free_port
 
@@ -573,6 +584,8 @@ class Tally:
     squid_retried: int = 0
     squid_retried_seeds: list[int] = field(default_factory=list)
     statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
+    # Every stricter request by what made it so (tests/squid_differential.py, why_stricter).
+    causes: Counter[Cause] = field(default_factory=Counter)
     # seed -> (kind, one line on a request or on the config)
     failing: dict[int, list[tuple[str, str]]] = field(default_factory=dict)
 
@@ -614,6 +627,8 @@ def judge(outcomes: list[Outcome]) -> Tally:
             if by_squid.allowed == by_dropin.allowed:
                 tally.equal += 1
                 continue
+            if not by_dropin.allowed:
+                tally.causes[why_stricter(outcome.conf, request, verdict)] += 1
             if by_dropin.allowed:
                 tally.wider += 1
                 tally.fail(
@@ -664,6 +679,7 @@ def summary(tally: Tally, outcomes: list[Outcome], seconds: float) -> str:
         f"stricter warned {tally.stricter_warned}, "
         f"stricter unwarned {tally.stricter_unwarned}, "
         f"stricter wrong-password {tally.stricter_wrong_password}, wider {tally.wider}; "
+        f"{_causes(tally)}; "
         f"refusals squid 403/407 {squid_403}/{squid_407}, "
         f"connectproxy 403/407 {dropin_403}/{dropin_407}; "
         f"configs connectproxy refused to run {len(tally.refused_configs)}"
@@ -673,6 +689,18 @@ def summary(tally: Tally, outcomes: list[Outcome], seconds: float) -> str:
         f"{tally.model_mismatch}, 200 without tunnel {tally.not_tunnelled}, "
         f"no answer {tally.no_answer}, asked Squid again {tally.squid_retried}"
         f"{_seeds(tally.squid_retried_seeds)}"
+    )
+
+
+def _causes(tally: Tally) -> str:
+    """The stricter requests by cause, and the agreement on the requests left when those that
+    SPEC sections 4 and 9 make stricter on purpose are set aside."""
+    by_spec = sum(tally.causes[c] for c in SPEC_STRICTER)
+    rest = max(tally.requests - by_spec, 1)
+    counts = ", ".join(f"{cause} {tally.causes[cause]}" for cause in CAUSES)
+    return (
+        f"stricter by cause: {counts}; equal where the SPEC lets the translation be Squid's "
+        f"{tally.equal}/{rest} ({100 * tally.equal / rest:.1f}%)"
     )
 
 
@@ -764,6 +792,38 @@ def test_the_model_follows_squids_documented_walk() -> None:
     assert squid_decides(open_end, Request("127.0.2.1", nobody, "other.test", 443)) == Verdict(
         False, None
     )
+
+
+def test_a_stricter_request_is_put_down_to_the_line_that_let_it_through() -> None:
+    """The causes the summary counts, one case each (module tests/squid_differential.py)."""
+    acls = (
+        Acl("net", "src", (("127.0.1.0/24",),)),
+        Acl("sites", "dstdomain", ((".example.net",),)),
+        Acl("high", "port", (("1025-65535",),)),
+        Acl("ssl", "port", (("443", "8443"),)),
+    )
+    rules = (
+        Rule(True, (Term("net"), Term("sites"), Term("high"))),  # 0: sites, 64,511 ports
+        Rule(True, (Term("net"), Term("sites"))),  # 1: sites, any port
+        Rule(False, (Term("CONNECT"), Term("ssl", True))),  # 2: deny CONNECT !ssl
+        Rule(True, (Term("net"),)),  # 3: any host
+        Rule(False, (Term("net"),)),  # 4: the last line denies
+    )
+    conf = SquidConf(0, acls, rules)
+    nobody, wrong = IDENTITIES[0], IDENTITIES[3]
+
+    def cause(source: str, identity: Identity, host: str, port: int) -> str:
+        request = Request(source, identity, host, port)
+        verdict = squid_decides(conf, request)
+        assert verdict.allowed
+        return why_stricter(conf, request, verdict)
+
+    assert cause("127.0.1.1", wrong, "a.example.net", 443) == "wrong password"
+    assert cause("127.0.1.1", nobody, "a.example.net", 8443) == "wide port acl"
+    assert cause("127.0.1.1", nobody, "a.example.net", 22) == "any port"
+    assert cause("127.0.1.1", nobody, "a.example.net", 443) == "translation"
+    assert cause("127.0.1.1", nobody, "other.test", 443) == "any host"
+    assert cause("127.0.2.1", nobody, "other.test", 443) == "implicit allow"
 
 
 def test_a_warning_counts_where_it_points_at_the_line_responsible() -> None:

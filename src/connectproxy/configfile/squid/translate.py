@@ -3,9 +3,10 @@
 Squid and connectproxy decide differently. Squid walks its `http_access` lines top to bottom and
 the first line whose ACLs all match answers. connectproxy has one fixed shape:
 a client is *admitted* (by source network or by password), and then the destination must be in
-*one allowlist* of ports and domains shared by every admitted client. Wherever that shape cannot
-say what Squid says, the translation is made *stricter* when it can and reports a warning
-"FILE:LINE: message" in every case; it never widens access silently.
+one of the *policies* (ports and domains) bound to that client (SPEC section 3.2); each allow
+line becomes a policy of its own. Wherever that shape cannot say what Squid says, the
+translation is made *stricter* when it can and reports a warning "FILE:LINE: message" in every
+case; it never widens access silently.
 
 This module runs one translation and writes its result; the work is done by the modules it calls,
 each with one job:
@@ -14,7 +15,7 @@ each with one job:
 - upstream.py: `cache_peer` parents and `never_direct`;
 - acls.py: `acl` lines and the `http_access` lines that use them;
 - rules.py: the rule algebra, what each allow line lets through after the deny lines above it;
-- access.py: the clients and the one allowlist those allow lines add up to;
+- access.py: the clients, users and policies those allow lines add up to;
 - sets.py: the set algebra on networks, domain patterns and ports the other modules share;
 - report.py: the warnings, in squid.conf order, and the error that stops a translation.
 """
@@ -57,8 +58,9 @@ class Translation:
         lines = [
             f"# connectproxy configuration translated from {self.source or 'squid.conf'}",
             "# by `connectproxy import-squid`. Squid answers with the first matching http_access",
-            "# line; connectproxy admits clients and checks one allowlist, so this translation",
-            "# can be stricter than Squid. Every difference found is listed below: review them.",
+            "# line; connectproxy admits clients and checks the policies bound to them, so this",
+            "# translation can be stricter than Squid. Every difference found is listed below:",
+            "# review them.",
             "#",
         ]
         if self.warnings:
