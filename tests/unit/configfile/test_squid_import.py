@@ -465,7 +465,11 @@ def test_a_password_asked_for_some_hosts_leaves_the_others_to_later_lines(
     assert decide(hub, sensor, None, config).allowed
     assert not decide(updates, sensor, None, config).allowed
     assert decide(updates, sensor, Credentials("alice", True), config).allowed
-    assert not any("password" in w for w in warnings_at(translation, path, 13))
+    assert not any("asks a client" in w for w in warnings_at(translation, path, 13))
+    # A sensor that sends a password is admitted as that user (credentials decide alone), where
+    # Squid would still let it through its own line: stricter, and said on that line.
+    assert not decide(hub, sensor, Credentials("alice", True), config).allowed
+    assert_warning(translation, path, 13, "sends a password", "stricter than Squid")
 
 
 def test_a_password_asked_for_the_same_hosts_is_taken_away_and_warned(tmp_path: Path) -> None:

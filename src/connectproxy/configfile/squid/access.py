@@ -116,7 +116,12 @@ def access(
                 index,
                 d.where,
                 "every proxy_auth allow line names its users, so the file's other users are "
-                "bound to allow, which admits nothing (as in Squid)",
+                "bound to allow, which admits nothing (as in Squid"
+                + (
+                    ", except from the addresses the allow lines without a password admit)"
+                    if source_terms
+                    else ")"
+                ),
             )
     elif "default" in policies:
         default = _Policy.from_mapping(policies.pop("default"))
@@ -131,6 +136,8 @@ def access(
         )
     clients = _admission(list(zip([t for t, _ in source_terms], source_names, strict=True)), report)
     use_htpasswd = bool(user_terms)
+    if use_htpasswd:
+        _credentials_note([t for t, _ in source_terms], report)
     mapping: dict[str, Any] = {"allow": default.mapping()}
     if policies:
         mapping["policies"] = policies
@@ -392,6 +399,19 @@ def _term_ports(term: Term, rules: Sequence[Rule], report: Report) -> frozenset[
         )
         return kept
     return ports
+
+
+def _credentials_note(source_terms: Sequence[Term], report: Report) -> None:
+    """A client that sends a password is admitted as that user, with the user's policies only
+    (docs/configuration.md, "Credentials decide alone"); Squid still lets it through the lines
+    that admit by address, since it consults credentials only at a proxy_auth acl."""
+    for term in source_terms:
+        report.warn_line(
+            term.rule,
+            "a client admitted by this line that sends a password is admitted as that user "
+            "instead, with only that user's policies; Squid lets it through this line whatever "
+            "user it names (stricter than Squid)",
+        )
 
 
 def _plain_http_note(terms: Sequence[Term], report: Report) -> None:
