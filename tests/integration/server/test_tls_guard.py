@@ -199,6 +199,7 @@ def test_curl_python_and_openssl_pass_verify_sni_and_are_logged(
     )
     assert result.returncode == 0, result.stderr + proxy.stderr()
     assert result.stdout == "hello from the origin\n"
+    proxy.access_records(expect=1)  # curl's record first: it is the one offering h2
     assert python_get(proxy.port, target, SENSOR, ca_file).endswith(b"hello from the origin\n")
     s_client = openssl_via(proxy, target, ca_file, "-servername", SENSOR)
     assert b"hello from the origin" in s_client.stdout, s_client.stderr
@@ -429,6 +430,7 @@ def test_an_ip_literal_target_passes_only_without_a_server_name(
     proxy = make_proxy(config)
     answer = python_get(proxy.port, f"127.0.0.1:{https_origin.port}", None, ca_file)
     assert answer.endswith(b"hello from the origin\n")
+    proxy.access_records(expect=1)  # logged before the next tunnel: records are read in order
 
     sock = open_tunnel_with_early_data(proxy.port, f"127.0.0.1:{echo.port}")
     sock.sendall(python_hello(SENSOR))
@@ -461,6 +463,7 @@ def test_the_guard_runs_before_the_upstream_tunnel_carries_the_hello(
     )
     assert result.returncode == 0, result.stderr + a.stderr()
     assert result.stdout == "hello from the origin\n"
+    a.access_records(expect=1)  # logged before the next tunnel: records are read in order
     s_client = openssl_via(a, target, ca_file, "-servername", "other.host")
     assert s_client.returncode != 0
 
@@ -503,11 +506,13 @@ def test_observe_logs_and_never_refuses(make_proxy: ProxyFactory, echo: EchoOrig
     proxy = make_proxy(guarded(echo.port, "observe", timeouts={"handshake": 1}))
     target = f"{SENSOR}:{echo.port}"
     sent = [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", python_hello("other.host")]
-    for data in sent:
+    for count, data in enumerate(sent, start=1):
         sock = open_tunnel_with_early_data(proxy.port, target)
         sock.sendall(data)
         assert read_exactly(sock, len(data)) == data
         sock.close()
+        # Each tunnel's record before the next opens: the records are read by their order.
+        assert len(proxy.access_records(expect=count)) == count
     # Silent until the timeout, then a tunnel as any other.
     sock = open_tunnel_with_early_data(proxy.port, target)
     time.sleep(1.3)
@@ -597,12 +602,13 @@ def test_versions_of_the_record_layer(make_proxy: ProxyFactory, echo: EchoOrigin
     """Record versions TLS 1.0 to 1.3 pass `require`; an SSLv2-compatible hello is refused."""
     proxy = make_proxy(guarded(echo.port, "require"))
     message = hello_message([0x1301], [sni(SENSOR.encode()), versions(0x0304)])
-    for version in (0x0301, 0x0303):
+    for count, version in enumerate((0x0301, 0x0303), start=1):
         data = records(message, version=version)
         sock = open_tunnel_with_early_data(proxy.port, f"{SENSOR}:{echo.port}")
         sock.sendall(data)
         assert read_exactly(sock, len(data)) == data
         sock.close()
+        proxy.access_records(expect=count)  # records are read in order
     sslv2 = b"\x80\x2e\x01\x03\x01\x00\x15\x00\x00\x00\x10" + bytes(21) + bytes(16)
     sock = open_tunnel_with_early_data(proxy.port, f"{SENSOR}:{echo.port}")
     sock.sendall(sslv2)
@@ -639,6 +645,7 @@ def test_the_guard_reads_the_inner_hello_on_a_tls_listener(
     )
     assert result.returncode == 0, result.stderr + proxy.stderr()
     assert result.stdout == "hello from the origin\n"
+    proxy.access_records(expect=1)  # logged before the next tunnel: records are read in order
 
     ctx = ssl.create_default_context(cafile=str(ca_file))
     raw = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
