@@ -78,7 +78,7 @@ def read_subset(text: str) -> tuple[Any, int | None] | None:
     if lines[0][1] != 0:
         return None
     try:
-        data, end = _block(lines, 0, 0)
+        data, end = _block(lines, 0, 0, {})
     except _Outside:
         return None
     if end != len(lines) or not isinstance(data, LineMap):
@@ -90,17 +90,26 @@ def _is_item(text: str) -> bool:
     return text.startswith("- ")
 
 
-def _split_key(text: str) -> tuple[str, str]:
+def _split_key(text: str, keys: dict[str, str]) -> tuple[str, str]:
     """`key: value` as the key and what follows the colon and its spaces (a value, a comment or
-    nothing), or ("", "") when the line does not start with a key and a colon followed by a
-    space or the end of the line.
+    nothing), or ("", "") when the line does not start with a key (one of _NOT_STRINGS is not
+    one) and a colon followed by a space or the end of the line.
 
     A few string operations where a regular expression's match, group and end cost three times
-    as much, on every key line of the file.
+    as much, on every key line of the file. `keys` holds the keys of the text read so far: a
+    config repeats a few keys thousands of times (`name`, `networks`...), and each is checked
+    once, and read as one string.
     """
     colon = text.find(":")
+    if colon < 1:
+        return "", ""
     key = text[:colon]
-    if colon < 1 or not (key.isidentifier() or _KEY.fullmatch(key)):
+    known = keys.get(key)
+    if known is not None:
+        key = known
+    elif (key.isidentifier() or _KEY.fullmatch(key)) and key.lower() not in _NOT_STRINGS:
+        keys[key] = key
+    else:
         return "", ""
     start = colon + 1
     end = len(text)
@@ -119,14 +128,15 @@ def _ends_line(text: str, position: int) -> bool:
     return position == len(text) or _REST.fullmatch(text, position) is not None
 
 
-def _block(lines: list[_Line], i: int, indent: int) -> tuple[Any, int]:
-    """The mapping or sequence whose first line is `lines[i]`, at `indent`."""
+def _block(lines: list[_Line], i: int, indent: int, keys: dict[str, str]) -> tuple[Any, int]:
+    """The mapping or sequence whose first line is `lines[i]`, at `indent` (`keys`: the keys
+    read so far, for `_split_key`)."""
     if _is_item(lines[i][2]):
-        return _sequence(lines, i, indent)
-    return _mapping(lines, i, indent)
+        return _sequence(lines, i, indent, keys)
+    return _mapping(lines, i, indent, keys)
 
 
-def _mapping(lines: list[_Line], i: int, indent: int) -> tuple[LineMap, int]:
+def _mapping(lines: list[_Line], i: int, indent: int, keys: dict[str, str]) -> tuple[LineMap, int]:
     result = line_map(lines[i][0])
     count = len(lines)
     while i < count:
@@ -135,8 +145,8 @@ def _mapping(lines: list[_Line], i: int, indent: int) -> tuple[LineMap, int]:
             break
         if at > indent or _is_item(text):
             raise _Outside
-        key, rest = _split_key(text)
-        if not key or key.lower() in _NOT_STRINGS:
+        key, rest = _split_key(text, keys)
+        if not key:
             raise _Outside
         i += 1
         if not rest or rest[0] == "#":
@@ -144,9 +154,9 @@ def _mapping(lines: list[_Line], i: int, indent: int) -> tuple[LineMap, int]:
             if i < count:
                 after = lines[i]
                 if after[1] > indent:
-                    value, i = _block(lines, i, after[1])
+                    value, i = _block(lines, i, after[1], keys)
                 elif after[1] == indent and _is_item(after[2]):
-                    value, i = _sequence(lines, i, indent)
+                    value, i = _sequence(lines, i, indent, keys)
         else:
             value = _value(rest, number)
         if key in result:
@@ -156,7 +166,9 @@ def _mapping(lines: list[_Line], i: int, indent: int) -> tuple[LineMap, int]:
     return result, i
 
 
-def _sequence(lines: list[_Line], i: int, indent: int) -> tuple[LineList, int]:
+def _sequence(
+    lines: list[_Line], i: int, indent: int, keys: dict[str, str]
+) -> tuple[LineList, int]:
     result = line_list(lines[i][0])
     count = len(lines)
     while i < count:
@@ -172,11 +184,11 @@ def _sequence(lines: list[_Line], i: int, indent: int) -> tuple[LineList, int]:
         content = content.lstrip()
         if not content or content[0] == "#":
             raise _Outside  # the item starts on the next line
-        if _split_key(content)[0] or _is_item(content):
+        if _split_key(content, keys)[0] or _is_item(content):
             # A mapping (or sequence) that starts on the dash's line: its further lines are
             # indented to where its first one starts.
             lines[i] = (number, column, content)
-            item, i = _block(lines, i, column)
+            item, i = _block(lines, i, column, keys)
         else:
             item = _value(content, number)
             i += 1
