@@ -101,7 +101,9 @@ def entries(check: Checker, value: Any, where: Where) -> list[tuple[Any, Any, Wh
 
 def items(check: Checker, value: Any, where: Where) -> list[tuple[Any, Where]]:
     """The items of a list with the place of each."""
-    if not isinstance(value, list | tuple):
+    # A tuple of types, not `list | tuple`: compiled, that is two type checks where the union is
+    # an object made on every call.
+    if not isinstance(value, (list, tuple)):
         raise check.error(where, f"must be a list, not {describe(value)}")
     lines: Sequence[int | None] = (
         value.item_lines if isinstance(value, LineList) else [None] * len(value)
