@@ -40,9 +40,6 @@ _INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _FLOAT = re.compile(r"-?(?:0|[1-9][0-9]*)\.[0-9]+")
 # What may follow a complete value on its line: spaces, and a comment after at least one.
 _REST = re.compile(r"(?: +#.*)? *")
-# The common one-line list of double-quoted strings, read with one expression.
-_QUOTED_LIST = re.compile(r'\[ *((?:"[^"\\]*" *, *)*"[^"\\]*") *\]')
-_QUOTED_ITEM = re.compile(r'"([^"\\]*)"')
 _FLOW_SEPARATOR = re.compile(r" *, *")
 # Words YAML 1.1 resolves to booleans or null, in any case, are not strings.
 _NOT_STRINGS = frozenset(
@@ -203,14 +200,6 @@ def _value(text: str, line: int) -> Any:
         common = _common_quoted_list(text, line)
         if common is not None:
             return common
-        quoted = _QUOTED_LIST.match(text)
-        if quoted is not None:
-            if not _ends_line(text, quoted.end()):
-                raise _Outside
-            result = line_list(line)
-            result.extend(_QUOTED_ITEM.findall(quoted.group(1)))
-            result.item_lines.extend([line] * len(result))
-            return result
         return _flow_list(text, line)
     value, end = _scalar(text, 0)
     if not _ends_line(text, end):
