@@ -89,8 +89,8 @@ def _is_item(text: str) -> bool:
 
 def _split_key(text: str, keys: dict[str, str]) -> tuple[str, str]:
     """`key: value` as the key and what follows the colon and its spaces (a value, a comment or
-    nothing), or ("", "") when the line does not start with a key (one of _NOT_STRINGS is not
-    one) and a colon followed by a space or the end of the line.
+    nothing), or ("", "") when the line does not start with a key and a colon followed by a
+    space or the end of the line. A word of _NOT_STRINGS is no key: YAML reads it as another type.
 
     A few string operations where a regular expression's match, group and end cost three times
     as much, on every key line of the file. `keys` holds the keys of the text read so far: a
