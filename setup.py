@@ -17,10 +17,11 @@ from setuptools import setup
 
 # The modules a connection runs through, from accept to the access line, and those that read and
 # check a large config item by item (the YAML subset reader, the validation of places, scalars,
-# networks, policies and identities, domain patterns, host names), which `connectproxy explain`
-# must get through in a fraction of a second: compiled, they took explain on the benchmark's
-# large config from 943 to 862 million instructions. The rest of start-up and operations code
-# (the section modules read once, the Squid importer, the CLI, workers) gains little.
+# networks, policies and identities, password hashes, domain patterns, host names), which
+# `connectproxy explain` must get through in a fraction of a second: compiled, they took explain
+# on the benchmark's large config from 943 to 862 million instructions. The rest of start-up and
+# operations code (the section modules read once, the Squid importer, the CLI, workers) gains
+# little.
 COMPILED = [
     "src/connectproxy/configfile/allow.py",
     "src/connectproxy/configfile/checker.py",
@@ -29,6 +30,7 @@ COMPILED = [
     "src/connectproxy/configfile/netvalues.py",
     "src/connectproxy/configfile/scalars.py",
     "src/connectproxy/configfile/yamlsubset.py",
+    "src/connectproxy/credentials/hashformat.py",
     "src/connectproxy/matching/addresses.py",
     "src/connectproxy/matching/domains.py",
     "src/connectproxy/matching/netset.py",

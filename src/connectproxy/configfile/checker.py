@@ -84,7 +84,8 @@ def entries(check: Checker, value: Any, where: Where) -> list[tuple[Any, Any, Wh
     A list rather than a generator: every mapping of the file passes through here, and building
     the list costs less than resuming a generator for each key.
     """
-    if not isinstance(value, Mapping):
+    # dict first: both readers make dicts, and isinstance against the Mapping ABC costs more.
+    if not isinstance(value, dict) and not isinstance(value, Mapping):
         raise check.error(where, f"must be a mapping (key: value lines), not {describe(value)}")
     if not isinstance(value, LineMap):
         return [(key, item, where.key(str(key), None)) for key, item in value.items()]
@@ -100,7 +101,9 @@ def entries(check: Checker, value: Any, where: Where) -> list[tuple[Any, Any, Wh
 
 def items(check: Checker, value: Any, where: Where) -> list[tuple[Any, Where]]:
     """The items of a list with the place of each."""
-    if not isinstance(value, list | tuple):
+    # A tuple of types, not `list | tuple`: compiled, that is two type checks where the union is
+    # an object made on every call.
+    if not isinstance(value, (list, tuple)):
         raise check.error(where, f"must be a list, not {describe(value)}")
     lines: Sequence[int | None] = (
         value.item_lines if isinstance(value, LineList) else [None] * len(value)
@@ -148,7 +151,10 @@ class Section:
         item = self.get(key)
         if item is None:
             return default
-        return convert(self.check, *item)
+        # Two arguments, not *item: compiled, a call with a fixed number of arguments passes
+        # them on the stack, where *item builds a tuple for the callee to take apart.
+        value, where = item
+        return convert(self.check, value, where)
 
     def where_of(self, key: str) -> Where:
         """The place of a key, or of the section when the key is absent."""

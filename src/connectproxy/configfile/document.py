@@ -11,8 +11,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from connectproxy.config.frozen import replace
-from connectproxy.config.model import DEFAULT_POLICY, Config, Listener, Metrics, Policy
+from connectproxy.config.model import (
+    DEFAULT_POLICY,
+    Client,
+    Config,
+    Listener,
+    Metrics,
+    Policy,
+    User,
+)
 from connectproxy.configfile import admin, identities, listeners, runtime
 from connectproxy.configfile.allow import allow_rules, policies
 from connectproxy.configfile.checker import Checker, Section, describe
@@ -69,25 +76,14 @@ def validate(check: Checker, data: Any, where: Where) -> Config:
     _check_policy_names(check, named)
     password_file = top.get_or("htpasswd_file", htpasswd_file, None)
     _check_password_file_users(check, password_file)
-    config = Config(
-        listen=listen,
-        allow=allow,
-        policies=named,
-        clients=clients,
-        users=users,
-        htpasswd_file=password_file,
-        upstream=top.get_or("upstream", upstream, None),
-        destinations=top.get_or("destinations", destinations, _DEFAULTS.destinations),
-        timeouts=top.get_or("timeouts", runtime.timeouts, _DEFAULTS.timeouts),
-        limits=top.get_or("limits", runtime.limits, _DEFAULTS.limits),
-        metrics=metrics,
-        log=top.get_or("log", runtime.log, _DEFAULTS.log),
-        admin=top.get_or("admin", admin.admin, _DEFAULTS.admin),
-        reload=top.get_or("reload", admin.reload, _DEFAULTS.reload),
-        source=check.source,
-        warnings=tuple(check.warnings),
-    )
-    if config.admin.enabled and not config.metrics.enabled:
+    upstream_rules = top.get_or("upstream", upstream, None)
+    destination_rules = top.get_or("destinations", destinations, _DEFAULTS.destinations)
+    timeouts = top.get_or("timeouts", runtime.timeouts, _DEFAULTS.timeouts)
+    limits = top.get_or("limits", runtime.limits, _DEFAULTS.limits)
+    log = top.get_or("log", runtime.log, _DEFAULTS.log)
+    admin_rules = top.get_or("admin", admin.admin, _DEFAULTS.admin)
+    reload = top.get_or("reload", admin.reload, _DEFAULTS.reload)
+    if admin_rules.enabled and not metrics.enabled:
         check.warn(
             top.where_of("admin"),
             "admin.token_file is set but metrics.listen is null: the admin API is served on "
@@ -95,12 +91,28 @@ def validate(check: Checker, data: Any, where: Where) -> Config:
         )
     if top.get("allow") is not None:
         policy_places = {DEFAULT_POLICY: top.where_of("allow"), **policy_places}
-    _warn_about_policy(check, config, policy_places)
-    if len(check.warnings) == len(config.warnings):
-        return config
-    # Only with warnings about the whole config: a Config is made once more, and with a thousand
-    # clients that costs 2% of explain's time.
-    return replace(config, warnings=tuple(check.warnings))
+    _warn_about_policy(check, listen, allow, named, clients, users, password_file, policy_places)
+    # Made once, with every warning: the whole-config warnings above are found from the parts,
+    # since making a Config a second time to add them cost 2% of explain's instructions on the
+    # benchmark's large config (a thousand clients and users indexed again).
+    return Config(
+        listen=listen,
+        allow=allow,
+        policies=named,
+        clients=clients,
+        users=users,
+        htpasswd_file=password_file,
+        upstream=upstream_rules,
+        destinations=destination_rules,
+        timeouts=timeouts,
+        limits=limits,
+        metrics=metrics,
+        log=log,
+        admin=admin_rules,
+        reload=reload,
+        source=check.source,
+        warnings=tuple(check.warnings),
+    )
 
 
 def _check_metrics_address(
@@ -172,19 +184,28 @@ def _admits_nothing(policy: Policy) -> bool:
     )
 
 
-def _warn_about_policy(check: Checker, config: Config, policy_places: dict[str, Where]) -> None:
+def _warn_about_policy(
+    check: Checker,
+    listen: tuple[Listener, ...],
+    allow: Policy,
+    named: dict[str, Policy],
+    clients: tuple[Client, ...],
+    users: tuple[User, ...],
+    password_file: Path | None,
+    policy_places: dict[str, Where],
+) -> None:
     """Valid but probably not what the operator meant: say so at start-up."""
     where = Where(None, None)
-    nobody = not config.clients and not config.users and config.htpasswd_file is None
+    nobody = not clients and not users and password_file is None
     if nobody:
         check.warn(where, "no clients, users or htpasswd_file: every request will get 407")
-    bound = {name for client in config.clients for name in client.policies}
-    bound.update(name for user in config.users for name in user.policies)
-    if config.htpasswd_file is not None:  # its users have [default]
+    bound = {name for client in clients for name in client.policies}
+    bound.update(name for user in users for name in user.policies)
+    if password_file is not None:  # its users have [default]
         bound.add(DEFAULT_POLICY)
     # Only a policy someone is bound to can make a request fail; with nobody at all, `allow`
     # is still what every future client would get by default.
-    if (DEFAULT_POLICY in bound or nobody) and _admits_nothing(config.allow):
+    if (DEFAULT_POLICY in bound or nobody) and _admits_nothing(allow):
         check.warn(where, "allow admits no destination: every request will get 403")
     for name, place in policy_places.items():
         if name == DEFAULT_POLICY:  # written as `allow`: unused only if others are bound
@@ -200,16 +221,15 @@ def _warn_about_policy(check: Checker, config: Config, policy_places: dict[str, 
                 "no client or user is bound to this policy, so it allows nothing; name it in a "
                 "client's or user's policies, or remove it",
             )
-        elif _admits_nothing(config.policies[name]):
+        elif _admits_nothing(named[name]):
             check.warn(
                 place,
                 "admits no destination (no ports, or mode enforce with no domains and no "
                 "networks): it lets nothing through for the clients and users bound to it",
             )
-    names_used = any(client.tls_names for client in config.clients)
+    names_used = any(client.tls_names for client in clients)
     client_certs = any(
-        listener.tls is not None and listener.tls.client_ca_file is not None
-        for listener in config.listen
+        listener.tls is not None and listener.tls.client_ca_file is not None for listener in listen
     )
     if names_used and not client_certs:
         check.warn(

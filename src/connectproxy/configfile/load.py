@@ -38,6 +38,11 @@ __all__ = [
 DEFAULT_CONFIG_PATH = Path("/etc/connectproxy/connectproxy.yaml")
 EMBEDDED_SOURCE = "<embedded default>"
 
+# A list while the process is one of the console script's commands that answer and exit: each
+# config read from YAML is kept in it with its YAML until the process ends, and the process ends
+# without freeing them (process/entry.py).
+keep_until_exit: list[object] | None = None
+
 
 def load_config(path: Path | None) -> Config:
     """Load `path`; without one, /etc/connectproxy/connectproxy.yaml or else the embedded default.
@@ -75,7 +80,10 @@ def parse_config(text: str, source: str, base_dir: Path) -> Config:
     """Validate YAML `text`; `source` names it in messages, `base_dir` anchors relative paths."""
     with _collector_paused():
         data, line = read_yaml(text, source)
-        return validate(Checker(source, base_dir), data, Where(None, line))
+        config = validate(Checker(source, base_dir), data, Where(None, line))
+    if keep_until_exit is not None:
+        keep_until_exit.append((data, config))
+    return config
 
 
 def config_from_mapping(data: Mapping[str, Any], source: str, base_dir: Path) -> Config:

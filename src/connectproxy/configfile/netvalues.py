@@ -138,13 +138,27 @@ def network(check: Checker, value: Any, where: Where) -> IPNetwork:
 
 
 def networks(check: Checker, value: Any, where: Where) -> tuple[IPNetwork, ...]:
-    return tuple(network(check, item, at) for item, at in items(check, value, where))
+    """A list of networks. A config may list one for each of thousands of clients, so the common
+    case (an IPv4 network in its plain spelling) makes no place for its item: `items` is asked
+    only for the others."""
+    if not isinstance(value, (list, tuple)):
+        items(check, value, where)  # raises: not a list
+    found: list[IPNetwork] = []
+    places: list[tuple[Any, Where]] = []
+    for index, item in enumerate(value):
+        plain = plain_ipv4_network(item) if isinstance(item, str) else None
+        if plain is None:
+            places = places or items(check, value, where)
+            found.append(network(check, item, places[index][1]))
+        else:
+            found.append(plain)
+    return tuple(found)
 
 
 def domain_patterns(check: Checker, value: Any, where: Where) -> tuple[DomainPattern, ...]:
     """A policy's `domains`. A policy may list thousands, so the common case (a string that is
     a valid pattern) makes no place for its item: `items` is asked only to name a bad one."""
-    if not isinstance(value, list | tuple):
+    if not isinstance(value, (list, tuple)):
         items(check, value, where)  # raises: not a list
     patterns = []
     for index, text in enumerate(value):

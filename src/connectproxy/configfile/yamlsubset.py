@@ -5,7 +5,7 @@ patterns, and PyYAML cannot read one that fast even with libyaml: it makes a Pyt
 two position marks for each of the file's 34,000 parse events before the first value is built.
 Config files are nearly always written in a small part of YAML (block mappings and sequences,
 one-line flow lists, quoted strings, plain words and numbers, comments), and that part can be read
-line by line with a few regular expressions at a fraction of the cost.
+line by line with string operations and a few regular expressions at a fraction of the cost.
 
 The promise that makes this safe: for any text, `read_subset` either returns exactly what
 `yamlreader` builds with PyYAML (the same values, `LineMap`/`LineList` with the same lines and
@@ -31,22 +31,15 @@ class _Outside(Exception):
     """The text leaves the subset: read it with PyYAML instead."""
 
 
-# `key:` then the end of the line, or spaces and a value (or a comment): the value starts where
-# the match ends. Matching the value too (`(.*)`) ran the expression over every character of the
-# file's long lists of domains, 2% of explain's instructions on the benchmark's large config.
-_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_.\-]*):(?: +|\Z)")
+# A mapping key: a plain word of letters, digits and `_.-` that does not start with a digit.
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 # A word YAML 1.1 reads as a string (given it is not one of _NOT_STRINGS), or as a decimal int or
 # float. Plain words with ':' or '#' or spaces, or starting with anything else, are left to PyYAML.
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_./\-]*")
 _INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _FLOAT = re.compile(r"-?(?:0|[1-9][0-9]*)\.[0-9]+")
-_DOUBLE = re.compile(r'"([^"\\]*)"')
-_SINGLE = re.compile(r"'([^']*)'(?!')")
 # What may follow a complete value on its line: spaces, and a comment after at least one.
 _REST = re.compile(r"(?: +#.*)? *")
-# The common one-line list of double-quoted strings, read with one expression.
-_QUOTED_LIST = re.compile(r'\[ *((?:"[^"\\]*" *, *)*"[^"\\]*") *\]')
-_QUOTED_ITEM = re.compile(r'"([^"\\]*)"')
 _FLOW_SEPARATOR = re.compile(r" *, *")
 # Words YAML 1.1 resolves to booleans or null, in any case, are not strings.
 _NOT_STRINGS = frozenset(
@@ -69,18 +62,20 @@ def read_subset(text: str) -> tuple[Any, int | None] | None:
     # what str.isprintable costs per character).
     if not text.isascii() or text.encode("ascii").translate(None, _PRINTABLE_OR_NEWLINE):
         return None
+    # The only whitespace in printable ASCII is the space, so from here on strip() without an
+    # argument strips spaces, on a faster path than strip(" ") takes.
     lines: list[_Line] = []
     for number, raw in enumerate(text.split("\n"), start=1):
-        stripped = raw.lstrip(" ")
+        stripped = raw.lstrip()
         if not stripped or stripped[0] == "#":
             continue
-        lines.append((number, len(raw) - len(stripped), stripped.rstrip(" ")))
+        lines.append((number, len(raw) - len(stripped), stripped.rstrip()))
     if not lines:
         return None, None  # only comments and blank lines: PyYAML's empty document
     if lines[0][1] != 0:
         return None
     try:
-        data, end = _block(lines, 0, 0)
+        data, end = _block(lines, 0, 0, {})
     except _Outside:
         return None
     if end != len(lines) or not isinstance(data, LineMap):
@@ -92,14 +87,53 @@ def _is_item(text: str) -> bool:
     return text.startswith("- ")
 
 
-def _block(lines: list[_Line], i: int, indent: int) -> tuple[Any, int]:
-    """The mapping or sequence whose first line is `lines[i]`, at `indent`."""
+def _split_key(text: str, keys: dict[str, str]) -> tuple[str, str]:
+    """`key: value` as the key and what follows the colon and its spaces (a value, a comment or
+    nothing), or ("", "") when the line does not start with a key and a colon followed by a
+    space or the end of the line. A word of _NOT_STRINGS is no key: YAML reads it as another type.
+
+    A few string operations where a regular expression's match, group and end cost three times
+    as much, on every key line of the file. `keys` holds the keys of the text read so far: a
+    config repeats a few keys thousands of times (`name`, `networks`...), and each is checked
+    once, and read as one string.
+    """
+    colon = text.find(":")
+    if colon < 1:
+        return "", ""
+    key = text[:colon]
+    known = keys.get(key)
+    if known is not None:
+        key = known
+    elif (key.isidentifier() or _KEY.fullmatch(key)) and key.lower() not in _NOT_STRINGS:
+        keys[key] = key
+    else:
+        return "", ""
+    start = colon + 1
+    end = len(text)
+    if start < end:
+        if text[start] != " ":
+            return "", ""
+        # Lines are stripped of trailing spaces, so spaces after the colon come before a value.
+        start += 1
+        while start < end and text[start] == " ":
+            start += 1
+    return key, text[start:]
+
+
+def _ends_line(text: str, position: int) -> bool:
+    """Whether nothing but what _REST allows follows `position`: most values end their line."""
+    return position == len(text) or _REST.fullmatch(text, position) is not None
+
+
+def _block(lines: list[_Line], i: int, indent: int, keys: dict[str, str]) -> tuple[Any, int]:
+    """The mapping or sequence whose first line is `lines[i]`, at `indent` (`keys`: the keys
+    read so far, for `_split_key`)."""
     if _is_item(lines[i][2]):
-        return _sequence(lines, i, indent)
-    return _mapping(lines, i, indent)
+        return _sequence(lines, i, indent, keys)
+    return _mapping(lines, i, indent, keys)
 
 
-def _mapping(lines: list[_Line], i: int, indent: int) -> tuple[LineMap, int]:
+def _mapping(lines: list[_Line], i: int, indent: int, keys: dict[str, str]) -> tuple[LineMap, int]:
     result = line_map(lines[i][0])
     count = len(lines)
     while i < count:
@@ -108,23 +142,18 @@ def _mapping(lines: list[_Line], i: int, indent: int) -> tuple[LineMap, int]:
             break
         if at > indent or _is_item(text):
             raise _Outside
-        match = _KEY.match(text)
-        if match is None:
+        key, rest = _split_key(text, keys)
+        if not key:
             raise _Outside
-        key = match.group(1)
-        if key.lower() in _NOT_STRINGS:
-            raise _Outside
-        # Lines are stripped of trailing spaces, so spaces after the colon come before a value.
-        rest = text[match.end() :]
         i += 1
         if not rest or rest[0] == "#":
             value: Any = None
             if i < count:
                 after = lines[i]
                 if after[1] > indent:
-                    value, i = _block(lines, i, after[1])
+                    value, i = _block(lines, i, after[1], keys)
                 elif after[1] == indent and _is_item(after[2]):
-                    value, i = _sequence(lines, i, indent)
+                    value, i = _sequence(lines, i, indent, keys)
         else:
             value = _value(rest, number)
         if key in result:
@@ -134,7 +163,9 @@ def _mapping(lines: list[_Line], i: int, indent: int) -> tuple[LineMap, int]:
     return result, i
 
 
-def _sequence(lines: list[_Line], i: int, indent: int) -> tuple[LineList, int]:
+def _sequence(
+    lines: list[_Line], i: int, indent: int, keys: dict[str, str]
+) -> tuple[LineList, int]:
     result = line_list(lines[i][0])
     count = len(lines)
     while i < count:
@@ -146,15 +177,15 @@ def _sequence(lines: list[_Line], i: int, indent: int) -> tuple[LineList, int]:
         if not _is_item(text):
             break  # the next key of the mapping this compact sequence is the value of
         content = text[2:]
-        column = at + 2 + len(content) - len(content.lstrip(" "))
-        content = content.lstrip(" ")
+        column = at + 2 + len(content) - len(content.lstrip())
+        content = content.lstrip()
         if not content or content[0] == "#":
             raise _Outside  # the item starts on the next line
-        if _KEY.match(content) is not None or _is_item(content):
+        if _split_key(content, keys)[0] or _is_item(content):
             # A mapping (or sequence) that starts on the dash's line: its further lines are
             # indented to where its first one starts.
             lines[i] = (number, column, content)
-            item, i = _block(lines, i, column)
+            item, i = _block(lines, i, column, keys)
         else:
             item = _value(content, number)
             i += 1
@@ -169,17 +200,9 @@ def _value(text: str, line: int) -> Any:
         common = _common_quoted_list(text, line)
         if common is not None:
             return common
-        quoted = _QUOTED_LIST.match(text)
-        if quoted is not None:
-            if not _REST.fullmatch(text, quoted.end()):
-                raise _Outside
-            result = line_list(line)
-            result.extend(_QUOTED_ITEM.findall(quoted.group(1)))
-            result.item_lines.extend([line] * len(result))
-            return result
         return _flow_list(text, line)
     value, end = _scalar(text, 0)
-    if not _REST.fullmatch(text, end):
+    if not _ends_line(text, end):
         raise _Outside
     return value
 
@@ -188,30 +211,27 @@ def _common_quoted_list(text: str, line: int) -> LineList | None:
     """`["a", "b", "c"]` spelled exactly so (no spaces but one after each comma), or None.
 
     The spelling nearly every list of domain patterns has, read with a few string operations
-    instead of two regular expressions over the line: it saves 12 ms of explain's 200 on the
-    benchmark's large config. Strings cannot hold `"`, so the first `"]` that closes an item
-    (an odd count of quotes before it would make it an opening one) ends the list.
+    instead of two regular expressions over the line. Strings cannot hold `"`, so the first `"]`
+    after the opening quote ends the list, and every quote between the first and that one is in
+    a `", "` between two strings (a split there makes half the parts a split at `"` makes).
     """
-    end = text.find('"]')
-    if end < 0:
+    end = text.find('"]', 2)
+    if end < 0 or text[1] != '"':
         return None
-    body = text[1 : end + 1]
-    parts = body.split('"')
-    if parts[0] or len(parts) % 2 == 0 or "\\" in body:
-        return None
-    separators = parts[2:-1:2]
-    if separators.count(", ") != len(separators) or not _REST.fullmatch(text, end + 2):
+    inner = text[2:end]
+    strings = inner.split('", "')
+    if inner.count('"') != 2 * len(strings) - 2 or "\\" in inner or not _ends_line(text, end + 2):
         return None
     result = line_list(line)
-    result.extend(parts[1::2])
-    result.item_lines.extend([line] * len(result))
+    result.extend(strings)
+    result.item_lines.extend([line] * len(strings))
     return result
 
 
 def _flow_list(text: str, line: int) -> LineList:
     """`[a, "b", 3]` on one line: scalars only, no trailing comma."""
     result = line_list(line)
-    position = len(text) - len(text[1:].lstrip(" "))
+    position = len(text) - len(text[1:].lstrip())
     if text.startswith("]", position):
         end = position + 1
     else:
@@ -223,13 +243,13 @@ def _flow_list(text: str, line: int) -> LineList:
             if separator is not None:
                 position = separator.end()
                 continue
-            spaces = len(text) - position - len(text[position:].lstrip(" "))
+            spaces = len(text) - position - len(text[position:].lstrip())
             position += spaces
             if not text.startswith("]", position):
                 raise _Outside
             end = position + 1
             break
-    if not _REST.fullmatch(text, end):
+    if not _ends_line(text, end):
         raise _Outside
     return result
 
@@ -238,16 +258,19 @@ def _scalar(text: str, position: int) -> tuple[Any, int]:
     """The scalar starting at `position` and where it ends; _Outside if it is not one the
     subset knows exactly how YAML reads."""
     first = text[position : position + 1]
-    if first == '"':
-        match = _DOUBLE.match(text, position)
-        if match is None:
+    if first == '"' or first == "'":
+        # A quoted string ends at the first quote like its opening one; the subset's strings
+        # hold no backslash (an escape, in double quotes) and no doubled quote (in single ones).
+        start = position + 1
+        close = text.find(first, start)
+        if close < 0:
             raise _Outside
-        return match.group(1), match.end()
-    if first == "'":
-        match = _SINGLE.match(text, position)
-        if match is None:
+        if first == '"':
+            if text.find("\\", start, close) >= 0:
+                raise _Outside
+        elif text.startswith("'", close + 1):
             raise _Outside
-        return match.group(1), match.end()
+        return text[start:close], close + 1
     match = _WORD.match(text, position)
     if match is not None:
         word = match.group()

@@ -11,7 +11,8 @@ breaking existing configs:
     pbkdf2-sha256$i=<iterations>$<salt>$<hash>
 
 Parameters are bounded when a hash is parsed: a config is input, and a hash claiming n=2**40 must
-be a config error, not a proxy that hangs or runs out of memory on the first login.
+be a config error, not a proxy that hangs or runs out of memory on the first login. The format,
+its bounds and the quick check a config's hashes get are in hashformat.py, which is compiled.
 
 hashlib and hmac are imported by the functions that compute, not here: checking a config's hashes
 computes nothing, and loading OpenSSL's hashes was 4 ms of `connectproxy explain`. The frozen
@@ -30,6 +31,23 @@ from types import MappingProxyType, ModuleType
 from typing import Final
 
 from connectproxy.config.frozen import Frozen
+from connectproxy.credentials.hashformat import (
+    HASH_BYTES,
+    HOW_TO_FIX,
+    MAX_SALT_BYTES,
+    MIN_SALT_BYTES,
+    PBKDF2_MAX_ITERATIONS,
+    PBKDF2_MIN_ITERATIONS,
+    PBKDF2_RE,
+    SALT_BYTES,
+    SCRYPT_MAX_MEMORY,
+    SCRYPT_N,
+    SCRYPT_P,
+    SCRYPT_R,
+    SCRYPT_RE,
+    scrypt_cost_error,
+    well_formed,
+)
 
 __all__ = [
     "DUMMY_HASH",
@@ -41,42 +59,12 @@ __all__ = [
     "verify_password",
 ]
 
-# scrypt cost for new hashes: n=2**14, r=8 takes 40-50 ms and 16 MiB (128 * r * n bytes) here.
-SCRYPT_N: Final = 16384
-SCRYPT_R: Final = 8
-SCRYPT_P: Final = 1
-SALT_BYTES: Final = 16
-HASH_BYTES: Final = 32
-
-# Bounds accepted when parsing. The upper ones keep one verification under ~0.5 s and 32 MiB;
-# the lower ones refuse hashes too weak to be worth the name.
-_SCRYPT_MIN_N: Final = 2**10
-_SCRYPT_MAX_N: Final = 2**16
-_SCRYPT_MAX_R: Final = 32
-_SCRYPT_MAX_P: Final = 16
-_SCRYPT_MAX_MEMORY: Final = 32 * 1024 * 1024
-_SCRYPT_MAX_WORK: Final = 8 * SCRYPT_N * SCRYPT_R * SCRYPT_P  # n * r * p, 8x the default cost
-_PBKDF2_MIN_ITERATIONS: Final = 100_000
-_PBKDF2_MAX_ITERATIONS: Final = 2_000_000
-# The hash length is fixed so that a hash cut short is caught even when what is left happens to be
-# valid base64; salts may be longer than ours, never shorter.
-_MIN_SALT_BYTES: Final = SALT_BYTES
-_MAX_SALT_BYTES: Final = 64
-
 # Cost bounds for bcrypt entries: htpasswd itself accepts 4..17.
 _BCRYPT_MIN_COST: Final = 4
 _BCRYPT_MAX_COST: Final = 17
 # bcrypt only ever looks at the first 72 bytes; Apache truncates silently, so we do the same
 # (the `bcrypt` package >= 5 raises instead, which would lock out users Apache admits).
 _BCRYPT_MAX_PASSWORD_BYTES: Final = 72
-
-_HOW_TO_FIX: Final = "create one with `connectproxy hash-password` (plaintext is refused)"
-
-_NUMBER = r"(0|[1-9][0-9]{0,19})"  # decimal without sign or leading zeros
-_B64 = r"([A-Za-z0-9+/]+)"
-_B64_ALPHABET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
-_SCRYPT_RE: Final = re.compile(rf"scrypt\$n={_NUMBER},r={_NUMBER},p={_NUMBER}\${_B64}\${_B64}")
-_PBKDF2_RE: Final = re.compile(rf"pbkdf2-sha256\$i={_NUMBER}\${_B64}\${_B64}")
 
 # A hash of the default cost that matches no password; verifying it costs what verifying a real
 # user's hash costs, which lets callers spend the same time on unknown user names.
@@ -108,7 +96,7 @@ class _Scrypt(Frozen):
             r=self.r,
             p=self.p,
             # OpenSSL's default cap is 32 MiB including overhead; give it room above our bound.
-            maxmem=2 * _SCRYPT_MAX_MEMORY,
+            maxmem=2 * SCRYPT_MAX_MEMORY,
             dklen=len(self.digest),
         )
 
@@ -140,85 +128,35 @@ def _b64decode(text: str, what: str, low: int, high: int) -> bytes:
     try:
         data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
-        raise ValueError(f"the {what} is not valid base64; {_HOW_TO_FIX}") from None
+        raise ValueError(f"the {what} is not valid base64; {HOW_TO_FIX}") from None
     if _b64encode(data) != text:
-        raise ValueError(f"the {what} is not canonical base64 (truncated?); {_HOW_TO_FIX}")
+        raise ValueError(f"the {what} is not canonical base64 (truncated?); {HOW_TO_FIX}")
     if not low <= len(data) <= high:
         expected = f"{low}" if low == high else f"{low} to {high}"
         raise ValueError(
-            f"the {what} is {len(data)} bytes, expected {expected} (truncated?); {_HOW_TO_FIX}"
+            f"the {what} is {len(data)} bytes, expected {expected} (truncated?); {HOW_TO_FIX}"
         )
     return data
 
 
-def _canonical_b64_size(text: str) -> int | None:
-    """How many bytes unpadded base64 `text` (of the alphabet the hash patterns allow) decodes
-    to, or None where `_b64decode` refuses it: a length no encoding has, or a last character
-    with bits set that an encoder leaves zero (the text would not encode back to itself)."""
-    tail = len(text) % 4
-    if tail == 1:
-        return None
-    if tail and _B64_ALPHABET.index(text[-1]) & (0x0F if tail == 2 else 0x03):
-        return None
-    return len(text) // 4 * 3 + max(tail - 1, 0)
-
-
-def _scrypt_cost_error(n: int, r: int, p: int) -> str | None:
-    """Why scrypt parameters are refused, or None."""
-    if n < 2 or n & (n - 1):
-        return f"scrypt n={n} is not a power of two; {_HOW_TO_FIX}"
-    if not _SCRYPT_MIN_N <= n <= _SCRYPT_MAX_N:
-        return f"scrypt n={n} is outside {_SCRYPT_MIN_N}..{_SCRYPT_MAX_N}; {_HOW_TO_FIX}"
-    if not 1 <= r <= _SCRYPT_MAX_R or not 1 <= p <= _SCRYPT_MAX_P:
-        return (
-            f"scrypt r={r}, p={p} outside r 1..{_SCRYPT_MAX_R}, p 1..{_SCRYPT_MAX_P}; {_HOW_TO_FIX}"
-        )
-    if 128 * r * n > _SCRYPT_MAX_MEMORY or n * r * p > _SCRYPT_MAX_WORK:
-        return f"scrypt n={n},r={r},p={p} would make every login too slow or too big; {_HOW_TO_FIX}"
-    return None
-
-
-def _well_formed(value: str) -> bool:
-    """Whether `_parse` accepts `value`, decided without decoding or building anything.
-
-    A config may hold thousands of hashes, and `_parse` costs twice this (it saves 5 ms of
-    explain's 200 on the benchmark's 1,000 users). True only where `_parse` accepts; False sends
-    the value to `_parse`, which says what is wrong (tests/unit/credentials hold the two to it).
-    """
-    if match := _SCRYPT_RE.fullmatch(value):
-        if _scrypt_cost_error(int(match[1]), int(match[2]), int(match[3])) is not None:
-            return False
-        salt, digest = match[4], match[5]
-    elif match := _PBKDF2_RE.fullmatch(value):
-        if not _PBKDF2_MIN_ITERATIONS <= int(match[1]) <= _PBKDF2_MAX_ITERATIONS:
-            return False
-        salt, digest = match[2], match[3]
-    else:
-        return False
-    salt_size = _canonical_b64_size(salt)
-    if salt_size is None or not _MIN_SALT_BYTES <= salt_size <= _MAX_SALT_BYTES:
-        return False
-    return _canonical_b64_size(digest) == HASH_BYTES
-
-
 def _parse(value: str) -> _Scrypt | _Pbkdf2:
     """Parse one of our hashes; the error never repeats the value (it may be a plaintext)."""
-    if match := _SCRYPT_RE.fullmatch(value):
+    if match := SCRYPT_RE.fullmatch(value):
         n, r, p = (int(match.group(i)) for i in (1, 2, 3))
-        cost_error = _scrypt_cost_error(n, r, p)
+        cost_error = scrypt_cost_error(n, r, p)
         if cost_error is not None:
             raise ValueError(cost_error)
-        salt = _b64decode(match.group(4), "salt", _MIN_SALT_BYTES, _MAX_SALT_BYTES)
+        salt = _b64decode(match.group(4), "salt", MIN_SALT_BYTES, MAX_SALT_BYTES)
         digest = _b64decode(match.group(5), "hash", HASH_BYTES, HASH_BYTES)
         return _Scrypt(n, r, p, salt, digest)
-    if match := _PBKDF2_RE.fullmatch(value):
+    if match := PBKDF2_RE.fullmatch(value):
         iterations = int(match.group(1))
-        if not _PBKDF2_MIN_ITERATIONS <= iterations <= _PBKDF2_MAX_ITERATIONS:
+        if not PBKDF2_MIN_ITERATIONS <= iterations <= PBKDF2_MAX_ITERATIONS:
             raise ValueError(
                 f"pbkdf2-sha256 i={iterations} is outside "
-                f"{_PBKDF2_MIN_ITERATIONS}..{_PBKDF2_MAX_ITERATIONS}; {_HOW_TO_FIX}"
+                f"{PBKDF2_MIN_ITERATIONS}..{PBKDF2_MAX_ITERATIONS}; {HOW_TO_FIX}"
             )
-        salt = _b64decode(match.group(2), "salt", _MIN_SALT_BYTES, _MAX_SALT_BYTES)
+        salt = _b64decode(match.group(2), "salt", MIN_SALT_BYTES, MAX_SALT_BYTES)
         digest = _b64decode(match.group(3), "hash", HASH_BYTES, HASH_BYTES)
         return _Pbkdf2(iterations, salt, digest)
     if value.startswith(("scrypt$", "pbkdf2-sha256$")):
@@ -230,10 +168,10 @@ def _parse(value: str) -> _Scrypt | _Pbkdf2:
                 if scheme == "scrypt"
                 else "'pbkdf2-sha256$i=ITERATIONS$SALT$HASH'"
             )
-            + f" with unpadded base64 SALT and HASH; truncated?); {_HOW_TO_FIX}"
+            + f" with unpadded base64 SALT and HASH; truncated?); {HOW_TO_FIX}"
         )
     raise ValueError(
-        "not a password hash (expected 'scrypt$…' or 'pbkdf2-sha256$…'); " + _HOW_TO_FIX
+        "not a password hash (expected 'scrypt$…' or 'pbkdf2-sha256$…'); " + HOW_TO_FIX
     )
 
 
@@ -261,7 +199,7 @@ def check_hash_format(value: str) -> None:
     Config loading calls this so a plaintext, truncated or absurdly expensive hash is refused at
     startup rather than at the first login. The message never contains the value.
     """
-    if not _well_formed(value):
+    if not well_formed(value):
         _parse(value)
 
 

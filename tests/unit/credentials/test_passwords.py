@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectproxy.credentials import passwords
+from connectproxy.credentials import hashformat, passwords
 from connectproxy.credentials.passwords import (
     DUMMY_HASH,
     Htpasswd,
@@ -377,7 +377,7 @@ def test_the_base64_size_check_agrees_with_decoding(text: str) -> None:
         size: int | None = len(passwords._b64decode(text, "salt", 0, 1000))
     except ValueError:
         size = None
-    assert passwords._canonical_b64_size(text) == size
+    assert hashformat.canonical_b64_size(text) == size
 
 
 @settings(max_examples=1000)
@@ -399,7 +399,7 @@ def test_the_quick_format_check_accepts_only_what_parsing_accepts(
         parses = True
     except ValueError:
         parses = False
-    if passwords._well_formed(value):
+    if hashformat.well_formed(value):
         assert parses
 
 
@@ -407,5 +407,5 @@ def test_the_quick_format_check_accepts_only_what_parsing_accepts(
 @given(st.binary(min_size=16, max_size=64), st.binary(min_size=32, max_size=32))
 def test_the_quick_format_check_accepts_well_formed_hashes(salt: bytes, digest: bytes) -> None:
     encoded = f"${passwords._b64encode(salt)}${passwords._b64encode(digest)}"
-    assert passwords._well_formed("scrypt$n=16384,r=8,p=1" + encoded)
-    assert passwords._well_formed("pbkdf2-sha256$i=600000" + encoded)
+    assert hashformat.well_formed("scrypt$n=16384,r=8,p=1" + encoded)
+    assert hashformat.well_formed("pbkdf2-sha256$i=600000" + encoded)
