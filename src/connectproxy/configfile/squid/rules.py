@@ -257,31 +257,12 @@ class _Walk:
         match = Match()
         for condition in rule.conditions:
             acl, negated = condition.acl, condition.negated
-            if acl.type == "src":
-                nets = complement(acl.networks) if negated else acl.networks
-                if nets == ANYWHERE:
-                    continue  # `all`: always true
-                joined = nets if match.sources is None else intersect(match.sources, nets)
-                match = replace(match, sources=joined)
-            elif acl.type == "method":
-                if ("CONNECT" in acl.methods) == negated:
+            narrowed = _narrowed(match, condition)
+            if narrowed is not None:
+                match = narrowed
+            elif acl.type in ("method", "manager"):
+                if not _holds_for_connect(condition):
                     return None
-            elif acl.type == "manager":
-                if not negated:
-                    return None  # cache manager requests are never CONNECT
-            elif acl.type == "port":
-                ports = ALL_PORTS - acl.ports if negated else acl.ports
-                joined_ports = ports if match.ports is None else match.ports & ports
-                match = replace(match, ports=joined_ports)
-            elif acl.type == "dstdomain":
-                if negated:
-                    excluded = (*match.except_domains, *acl.domains)
-                    match = replace(match, except_domains=excluded)
-                else:
-                    patterns = acl.domains
-                    if match.domains is not None:
-                        patterns = intersect_patterns(match.domains, patterns)
-                    match = replace(match, domains=patterns)
             elif acl.type == "proxy_auth" and rule.allow and not negated:
                 users = Users(acl.users)
                 joined_users = users if match.users is None else match.users.intersect(users)
@@ -295,7 +276,7 @@ class _Walk:
             else:
                 self.unsupported(rule, condition)
                 return None
-        if match.sources == () or match.ports == frozenset() or match.domains == ():
+        if _empty(match):
             return None
         if rule.allow and match.destinations:
             self.refuse_destinations(rule, match.destinations)
@@ -389,37 +370,50 @@ def _challenge(rule: Rule) -> Match | None:
     """
     asked = Match()
     for condition in rule.conditions:
-        acl, negated = condition.acl, condition.negated
-        if acl.type == "proxy_auth":
-            return asked
-        if acl.type == "src":
-            nets = complement(acl.networks) if negated else acl.networks
-            joined = nets if asked.sources is None else intersect(asked.sources, nets)
-            if not joined:
-                return None
-            asked = replace(asked, sources=joined)
-        elif acl.type == "port":
-            ports = ALL_PORTS - acl.ports if negated else acl.ports
-            joined_ports = ports if asked.ports is None else asked.ports & ports
-            if not joined_ports:
-                return None
-            asked = replace(asked, ports=joined_ports)
-        elif acl.type == "dstdomain":
-            if negated:
-                asked = replace(asked, except_domains=(*asked.except_domains, *acl.domains))
-            else:
-                patterns = acl.domains
-                if asked.domains is not None:
-                    patterns = intersect_patterns(asked.domains, patterns)
-                if not patterns:
-                    return None
-                asked = replace(asked, domains=patterns)
-        elif acl.type == "method":
-            if ("CONNECT" in acl.methods) == negated:
-                return None
-        elif acl.type == "manager" and not negated:
+        if condition.acl.type == "proxy_auth":
+            return None if _empty(asked) else asked
+        narrowed = _narrowed(asked, condition)
+        if narrowed is not None:
+            asked = narrowed
+        elif condition.acl.type in ("method", "manager") and not _holds_for_connect(condition):
             return None
     return None
+
+
+def _narrowed(match: Match, condition: Condition) -> Match | None:
+    """`match` narrowed by a condition on a request's source, port or host (a `src`, `port` or
+    `dstdomain` acl, negated or not); None for a condition on anything else."""
+    acl, negated = condition.acl, condition.negated
+    if acl.type == "src":
+        nets = complement(acl.networks) if negated else acl.networks
+        if nets == ANYWHERE:
+            return match  # `all`: always true
+        joined = nets if match.sources is None else intersect(match.sources, nets)
+        return replace(match, sources=joined)
+    if acl.type == "port":
+        ports = ALL_PORTS - acl.ports if negated else acl.ports
+        return replace(match, ports=ports if match.ports is None else match.ports & ports)
+    if acl.type == "dstdomain":
+        if negated:
+            return replace(match, except_domains=(*match.except_domains, *acl.domains))
+        patterns = acl.domains
+        if match.domains is not None:
+            patterns = intersect_patterns(match.domains, patterns)
+        return replace(match, domains=patterns)
+    return None
+
+
+def _holds_for_connect(condition: Condition) -> bool:
+    """Whether a `method` or `manager` condition holds for a CONNECT request (cache manager
+    requests are never CONNECT)."""
+    if condition.acl.type == "method":
+        return ("CONNECT" in condition.acl.methods) != condition.negated
+    return condition.negated
+
+
+def _empty(match: Match) -> bool:
+    """Whether one of the match's dimensions was narrowed to nothing: it matches no request."""
+    return match.sources == () or match.ports == frozenset() or match.domains == ()
 
 
 def _described(asked: Match, dimension: str) -> str:
