@@ -1,8 +1,8 @@
 """Build hook: compile the modules on the connection path to C with mypyc.
 
-The source stays the plain, type-checked Python in `src/connectproxy/`; mypyc turns the modules every
-connection runs through into extension modules that do the same thing with about a fifth fewer
-instructions (README.md, "Performance"). The extension modules are built into the installed
+The source stays the plain, type-checked Python in `src/connectproxy/`; mypyc turns the modules
+every connection runs through into extension modules that do the same thing with about a fifth
+fewer instructions (README.md, "Performance"). The extension modules are built into the installed
 package (`pip install .`), never beside the sources, so the source tree is never stale.
 
 `CONNECTPROXY_PURE_PYTHON=1` skips the step, for a platform without a C compiler: the package then
