@@ -20,6 +20,7 @@ from connectproxy.matching.addresses import SocketAddress
 
 FDS_PER_CONNECTION = 2
 FDS_RESERVED = 64  # listeners, logs, pipes in flight, the resolver's threads
+LISTEN_BACKLOG = 4096  # connections the kernel may complete before we accept them
 # Linux copies TCP_NODELAY from a listener to the sockets it accepts (tests check it).
 NODELAY_INHERITED = sys.platform.startswith("linux")
 
@@ -97,7 +98,7 @@ def bind_listener(
         # instead of one per connection (elsewhere `_accepted` sets it on each).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(sockaddr)
-        sock.listen(4096)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
     except BaseException:
         sock.close()

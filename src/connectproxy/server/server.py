@@ -24,6 +24,7 @@ from connectproxy.observe.metrics import Metrics
 from connectproxy.server.connection import Flow, Loaded, send_quietly
 from connectproxy.server.limits import TOO_MANY, SourceCounts
 from connectproxy.server.listening import (
+    LISTEN_BACKLOG,
     NODELAY_INHERITED,
     Listening,
     accept_socket,
@@ -118,10 +119,20 @@ class Server:
             tls=listener.tls is not None,
         )
 
-    def stop_listening(self, entry: Listening | None = None) -> None:
+    def stop_listening(self, entry: Listening | None = None, *, take_queued: bool = True) -> None:
+        """Close `entry` (every listener by default).
+
+        The kernel completes handshakes on our behalf: connections it has already put in the
+        listen queue are connected clients, and closing the socket would reset them. Behind a
+        load balancer that is a lost tunnel, since the balancer had handed it over and cannot
+        retry it (SPEC section 10, scale-out), so they are accepted and served first; the listener
+        closes right after, and a client arriving later is refused, which a balancer does retry.
+        """
         for item in [entry] if entry else list(self.listening):
             if not item.paused:
                 self.loop.remove_reader(item.sock.fileno())
+            if take_queued:
+                self._accept_up_to(item, LISTEN_BACKLOG)
             item.sock.close()
             self.listening.remove(item)
 
@@ -257,8 +268,8 @@ class Server:
 
     async def drain(self, grace: float) -> None:
         """Stop accepting, let tunnels finish for up to `grace` seconds, then close the rest."""
-        self.draining = True
         self.stop_listening()
+        self.draining = True
         deadline = self.loop.time() + grace
         while (self.tasks or self.tunnels.active) and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
@@ -272,7 +283,7 @@ class Server:
     def close(self) -> None:
         if self._log_flusher is not None:
             self._log_flusher.cancel()
-        self.stop_listening()
+        self.stop_listening(take_queued=False)
         self.tunnels.close()
         self.deadlines.close()
         self.loaded.auth.close()

@@ -30,6 +30,7 @@ from tests.support import (
     finish,
     free_port,
     http_get,
+    read_head,
     request,
     scrape,
     status_of,
@@ -165,6 +166,33 @@ def test_sigterm_drains_open_tunnels_until_the_grace_deadline(
     [tunnel_record] = proxy.access_records(expect=1)
     assert tunnel_record["outcome"] == "established"
     assert tunnel_record["error"] == "shutdown"
+
+
+def test_sigterm_serves_clients_connected_before_it(
+    make_proxy: ProxyFactory, origin: OriginServer
+) -> None:
+    """Clients the kernel connected while the proxy was stopped, and whose CONNECT is waiting,
+    are served after SIGTERM rather than reset (tests/integration/server/test_drain.py makes
+    the order certain; this is the same promise through a real process and a real signal)."""
+    proxy = make_proxy(config_for(origin.port, timeouts={"shutdown_grace": 5}))
+    assert proxy.proc is not None
+    proxy.signal(signal.SIGSTOP)
+    clients = []
+    try:
+        for _ in range(5):
+            sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+            sock.sendall(f"CONNECT {SENSOR}:{origin.port} HTTP/1.1\r\n\r\nE".encode())
+            clients.append(sock)
+        proxy.signal(signal.SIGTERM)
+    finally:
+        proxy.signal(signal.SIGCONT)
+    for sock in clients:
+        with sock:
+            assert status_of(read_head(sock)) == 200
+            assert sock.recv(1) == b"E"
+    assert proxy.proc.wait(5) == 0
+    records = proxy.access_records(expect=5)
+    assert [r["outcome"] for r in records] == ["established"] * 5
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
