@@ -390,9 +390,16 @@ def test_rolling_operations_lose_no_new_tunnel(cluster: Cluster) -> None:
     results = {p.name: cluster.figures(p) for p in cluster.phases}
     total = len(cluster.load.attempts)
     record("scale-out load generator, whole test", f"{total} tunnels attempted")
+    # A tunnel in flight when the kill came was one of the killed instance's open tunnels,
+    # whichever phase it started in: the SPEC lets those end. Any other failure is a lost tunnel.
     for phase in cluster.phases:
         if phase is not kill:
-            assert results[phase.name][1] == 0, (phase.name, cluster.failures(phase)[:5])
+            lost_here = [
+                f"{a.error} (+{a.started - kill.start:.3f}..+{a.ended - kill.start:.3f} s)"
+                for a in cluster.load.between(phase.start, phase.end)
+                if not a.ok and not a.started < kill.start <= a.ended
+            ]
+            assert not lost_here, (phase.name, lost_here[:5])
     # After the kill, a new tunnel may fail only if it started within one check interval.
     late = [a for a in cluster.load.between(kill.start + CHECK_INTERVAL, kill.end) if not a.ok]
     assert not late, [a.error for a in late[:5]]
