@@ -490,6 +490,8 @@ def test_a_password_asked_for_the_same_hosts_is_taken_away_and_warned(tmp_path: 
         "squid.conf:12",
         "every request this line allows",
     )
+    # And the line says what becomes of a sensor that answers with a password.
+    assert_warning(translation, path, 13, "then sends a password", "stricter than Squid")
 
 
 def test_a_password_asked_of_some_sources_for_some_hosts_is_stricter_and_warned(
@@ -537,6 +539,31 @@ def test_a_deny_whose_sources_hold_for_the_whole_allow_line_is_exact(tmp_path: P
     config = load(translation, path)
     assert domains(config) == [".azure-devices.net"]
     assert not warnings_at(translation, path, 4)
+    assert not any("stricter" in w for w in warnings_at(translation, path, 5))
+
+
+def test_a_deny_with_an_exception_leaves_the_excepted_hosts_to_a_later_line(
+    tmp_path: Path,
+) -> None:
+    """`deny sensors azure !hub` refuses the Azure hosts but the hub's; for `allow sensors
+    azure` that leaves exactly the hub (it used to leave nothing, and the line was lost)."""
+    path = write(
+        tmp_path,
+        "squid.conf",
+        "acl sensors src 10.1.0.0/16\n"
+        "acl azure dstdomain .azure-devices.net .servicebus.windows.net\n"
+        "acl hub dstdomain plant-hub.azure-devices.net\n"
+        "http_access deny sensors azure !hub\n"
+        "http_access allow sensors azure\n"
+        "http_access deny all\n",
+    )
+    translation = translate_file(path)
+    config = load(translation, path)
+    assert domains(config) == ["plant-hub.azure-devices.net"]
+    sensor = Source(ip_address("10.1.2.3"), 0)
+    assert decide(parse_target("plant-hub.azure-devices.net:443"), sensor, None, config).allowed
+    assert not decide(parse_target("other.azure-devices.net:443"), sensor, None, config).allowed
+    assert not decide(parse_target("x.servicebus.windows.net:443"), sensor, None, config).allowed
     assert not any("stricter" in w for w in warnings_at(translation, path, 5))
 
 

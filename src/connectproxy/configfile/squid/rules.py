@@ -32,6 +32,7 @@ from connectproxy.configfile.squid.sets import (
     intersect_patterns,
     net_text,
     subtract,
+    unique_patterns,
 )
 from connectproxy.matching.domains import DomainPattern
 from connectproxy.matching.netset import IPNetwork
@@ -215,7 +216,8 @@ class _Walk:
                 self.report.warn_line(
                     term.rule,
                     f"Squid asks a client without a password for one {where} for every request "
-                    "this line allows, so it admits nobody without a password (as in Squid)",
+                    "this line allows, so it admits nobody without a password (as in Squid); "
+                    + _PASSWORD_SENT,
                 )
                 return None
             dimension = dimensions[0]
@@ -230,7 +232,7 @@ class _Walk:
                 term.rule,
                 f"Squid asks a client without a password for one {where}, for "
                 f"{_described(asked, dimension)}: this line does not let those through without "
-                f"a password{stricter}",
+                f"a password{stricter}; " + _PASSWORD_SENT,
             )
             if narrowed is None:
                 return None
@@ -501,6 +503,15 @@ def _deciding(allowed: Match, refused: Match) -> list[str]:
     return left
 
 
+# What a challenge above an address line means for a client that answers it: Squid goes on to
+# the line, connectproxy does not (credentials admit a user only through proxy_auth lines).
+_PASSWORD_SENT = (
+    "nor does it let through a client that then sends a password, which Squid does when the "
+    "line above neither allows nor refuses its user: connectproxy admits users only through "
+    "lines with a proxy_auth acl (stricter than Squid)"
+)
+
+
 def _subtract_dimension(allowed: Match, refused: Match, dimension: str) -> Match | None:
     """`allowed` minus every request with `refused`'s value of one dimension (None: nothing left).
 
@@ -529,12 +540,27 @@ def _subtract_dimension(allowed: Match, refused: Match, dimension: str) -> Match
         if allowed.domains is not None:
             kept = intersect_patterns(allowed.domains, kept)
         return replace(allowed, domains=kept) if kept else None
+    # `deny acl !other`: its hosts minus `other`'s are refused, so an allowed pattern inside
+    # them keeps the hosts `other` takes back.
     assert refused.domains is not None
     if allowed.domains is None:
         return replace(allowed, except_domains=(*allowed.except_domains, *refused.domains))
-    remaining = tuple(a for a in allowed.domains if not any(covers(r, a) for r in refused.domains))
+    taken_back = refused.except_domains
+    remaining = unique_patterns(
+        kept
+        for a in allowed.domains
+        for kept in (
+            intersect_patterns((a,), taken_back)
+            if any(covers(r, a) for r in refused.domains)
+            else (a,)
+        )
+    )
     inside = tuple(
-        r for r in refused.domains for a in remaining if covers(a, r) and not covers(r, a)
+        r
+        for r in refused.domains
+        if not any(covers(e, r) for e in taken_back)
+        for a in remaining
+        if covers(a, r) and not covers(r, a)
     )
     if not remaining:
         return None
