@@ -34,6 +34,10 @@ same text `import-squid` prints: "FILE:LINE: message") points at the line respon
 - A warning points at it if its `FILE:LINE:` location is that http_access line or the line of
   an `acl` it names, or if its text cites that http_access line as `FILE:LINE` or quotes it as
   `http_access ...` between backticks (generated configs have no two identical lines).
+- And it must say that something is stricter: "stricter than Squid", or the rule of SPEC
+  section 9 that makes it so (a line reaching "ANY port" or "any host"; Squid's implicit allow
+  after a final deny). A note that something is "as in Squid", or about plain-HTTP forwarding,
+  points at the line but does not account for a refusal (`says_stricter`).
 
 A config connectproxy refuses to run (its reload fails, or its start, with a config error)
 refuses every request; the error stands as the warning for each, provided it names a line of
@@ -551,6 +555,20 @@ def warned(outcome: Outcome, verdict: Verdict) -> list[str]:
     ]
 
 
+# What a warning says when it accounts for a refusal Squid would not make (module docstring):
+# the translation's own word for it, or the section 9 rule behind it.
+STRICTER_SAID = (
+    "stricter than Squid",
+    "ANY port",
+    "reach any host",
+    "the last http_access line is a deny",
+)
+
+
+def says_stricter(warning: str) -> bool:
+    return any(words in warning for words in STRICTER_SAID)
+
+
 def _names_a_line(error: str | None, path: str) -> bool:
     """Whether a refusal to run a config says where: "FILE:LINE" of that config."""
     return error is not None and re.search(re.escape(path) + r":\d+(?!\d)", error) is not None
@@ -639,7 +657,9 @@ def judge(outcomes: list[Outcome]) -> Tally:
                 )
             elif request.identity.user is not None and not request.identity.valid:
                 tally.stricter_wrong_password += 1
-            elif warned(outcome, verdict) or _names_a_line(outcome.error, outcome.path):
+            elif any(says_stricter(w) for w in warned(outcome, verdict)) or _names_a_line(
+                outcome.error, outcome.path
+            ):
                 tally.stricter_warned += 1
             else:
                 tally.stricter_unwarned += 1
@@ -853,6 +873,36 @@ def test_a_warning_counts_where_it_points_at_the_line_responsible() -> None:
     assert not counted("/x/c.conf:7: acl other: ports")  # an acl the line does not name
     assert not counted("/x/other.conf:9: another file")
     assert not counted("/x/c.conf:12: directive pid_filename ignored")
+
+
+def test_a_warning_accounts_for_a_refusal_only_if_it_says_stricter() -> None:
+    """Each kind of warning the translation prints about a line, and whether it counts."""
+    line = "/x/c.conf:9: `http_access allow net sites`: "
+    assert says_stricter(
+        line + "Squid allows 65533 ports here; connectproxy lists only 443 (stricter than Squid)"
+    )
+    assert says_stricter(
+        line + "no `http_access deny CONNECT !SSL_ports` line limits the ports, "
+        "so Squid tunnels to ANY port for this line; connectproxy allows only "
+        "port 443"
+    )
+    assert says_stricter(
+        line + "Squid lets this line reach any host; connectproxy limits it to "
+        "the dstdomain acls of the other allow lines (stricter than Squid)"
+    )
+    assert says_stricter(
+        line + "the last http_access line is a deny, so Squid allows every "
+        "request no line matched; translated as an allow line for every client"
+    )
+    assert not says_stricter(
+        line + "`http_access deny net` (/x/c.conf:8) refuses every request "
+        "this line allows, so it lets nothing through (as in Squid)"
+    )
+    assert not says_stricter(
+        line + "Squid also forwards plain-HTTP requests (GET http://...) "
+        "this line allows; connectproxy only tunnels CONNECT and answers "
+        "405 to anything else"
+    )
 
 
 @pytest.fixture()
