@@ -261,10 +261,11 @@ class AccessLog:
         if len(self._lines) >= 512:
             self.flush()
 
-    def _open(self) -> TextIO:
-        if self.path == "-":
+    def _open(self, path: str | None = None) -> TextIO:
+        path = self.path if path is None else path
+        if path == "-":
             return sys.stdout
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         return os.fdopen(fd, "a", encoding="utf-8")
 
     def write(self, rec: AccessRecord) -> None:
@@ -302,11 +303,18 @@ class AccessLog:
         except OSError as exc:
             get_logger().error("access log write failed", error=str(exc), path=self.path)
 
-    def reopen(self) -> None:
+    def reopen(self, log: Log | None = None) -> None:
+        """On a reload: the file is opened afresh at its path, which is what logrotate needs
+        after renaming it, and `log` (the new config's) may move it or change its format, as
+        Squid applies `access_log` on reconfigure. OSError if the new file cannot be opened:
+        the old one is then still in use, unchanged."""
         self.flush()
-        if self.path != "-":
-            old = self._file
-            self._file = self._open()
+        path = self.path if log is None else log.access_log
+        fresh = self._open(path)  # standard output is the same object again
+        old, self._file, self.path = self._file, fresh, path
+        if log is not None:
+            self.squid = log.access_format == "squid"
+        if old is not fresh and old is not sys.stdout:
             old.close()
 
     def close(self) -> None:

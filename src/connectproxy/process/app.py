@@ -193,7 +193,14 @@ class App:
         self.server.update_listeners(config.listen)
         self.access_log.report_mode = config.report_mode
         self.access_log.tls_guard = config.tls_guard
-        self.access_log.reopen()
+        try:
+            self.access_log.reopen(config.log)
+        except OSError as exc:
+            self.log.error(
+                "cannot open the access log; still writing to the old one",
+                access_log=config.log.access_log,
+                error=exc.strerror or str(exc),
+            )
         if old.log != config.log:
             setup_logging(config.log)
         if old.metrics != config.metrics:

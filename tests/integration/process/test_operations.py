@@ -240,6 +240,32 @@ def test_access_log_rotation_by_rename_and_sighup(
     assert len(old) == 2
 
 
+def test_a_reload_moves_the_access_log_and_changes_its_format(
+    make_proxy: ProxyFactory, origin: OriginServer, tmp_path: Path
+) -> None:
+    """As Squid applies a changed `access_log` on reconfigure: the next record goes to the new
+    file in the new format, and the old file keeps what was written before."""
+    proxy = make_proxy(config_for(origin.port))
+    old = Path(proxy.config["log"]["access_log"])
+    moved = tmp_path / "moved" / "access.log"
+    moved.parent.mkdir()
+    assert request(proxy.port, "first.example.com:443")[0] == 403
+    assert len(read_lines(old, 1)) == 1
+
+    def move(config: dict[str, Any]) -> None:
+        config["log"] = {**config["log"], "access_log": str(moved), "access_format": "squid"}
+
+    reconfigure(proxy, move)
+    proxy.signal(signal.SIGHUP)
+    wait_for_metric(proxy, RELOADS, 1, result="success")
+    assert request(proxy.port, "second.example.com:443")[0] == 403
+    [line] = read_lines(moved, 1)
+    assert line.split()[3:7] == ["TCP_DENIED/403", "0", "CONNECT", "second.example.com:443"]
+    time.sleep(1.2)  # one log flush interval: nothing more reaches the old file
+    [first] = read_lines(old, 1)
+    assert "first.example.com" in first
+
+
 def test_squid_access_format(make_proxy: ProxyFactory, origin: OriginServer) -> None:
     proxy = make_proxy(config_for(origin.port, log={"access_format": "squid"}))
     tunnel = open_tunnel(proxy.port, f"{SENSOR}:{origin.port}")
