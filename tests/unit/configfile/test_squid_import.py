@@ -542,6 +542,31 @@ def test_a_deny_whose_sources_hold_for_the_whole_allow_line_is_exact(tmp_path: P
     assert not any("stricter" in w for w in warnings_at(translation, path, 5))
 
 
+def test_a_src_acl_named_like_a_user_gives_a_client_of_another_name(tmp_path: Path) -> None:
+    """Squid keeps acl names and user names apart; connectproxy's clients and users share one
+    namespace, so the client takes the next free name instead of making a config that does not
+    load."""
+    shutil.copy(DATA / "passwords", tmp_path / "passwords")
+    path = write(
+        tmp_path,
+        "squid.conf",
+        "auth_param basic program /usr/lib/squid/basic_ncsa_auth passwords\n"
+        "acl alice src 10.1.0.0/16\n"
+        "acl admins proxy_auth alice\n"
+        "acl azure dstdomain .azure-devices.net\n"
+        "acl updates dstdomain download.microsoft.com\n"
+        "http_access allow alice azure\n"
+        "http_access allow admins updates\n"
+        "http_access deny all\n",
+    )
+    translation = translate_file(path)
+    config = load(translation, path)
+    assert [c.name for c in config.clients] == ["alice-2"]
+    assert [u.name for u in config.users] == ["alice"]
+    sensor = Source(ip_address("10.1.2.3"), 0)
+    assert decide(parse_target("x.azure-devices.net:443"), sensor, None, config).client == "alice-2"
+
+
 def test_a_deny_with_an_exception_leaves_the_excepted_hosts_to_a_later_line(
     tmp_path: Path,
 ) -> None:

@@ -23,7 +23,7 @@ for IoT allowlist; ports come from `deny CONNECT !SSL_ports`, else 443.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +134,11 @@ def access(
         report.warn_line(
             terms[0].rule, "no allow line leaves a host reachable: nobody gets through"
         )
-    clients = _admission(list(zip([t for t, _ in source_terms], source_names, strict=True)), report)
+    clients = _admission(
+        list(zip([t for t, _ in source_terms], source_names, strict=True)),
+        report,
+        taken=[user["name"] for user in users],
+    )
     use_htpasswd = bool(user_terms)
     if use_htpasswd:
         _credentials_note([t for t, _ in source_terms], report)
@@ -261,8 +265,12 @@ def _term_policy(
 # --- admission --------------------------------------------------------------------------------
 
 
-def _admission(named_terms: Sequence[tuple[Term, str]], report: Report) -> list[dict[str, Any]]:
-    """`clients` from the lines that admit by address.
+def _admission(
+    named_terms: Sequence[tuple[Term, str]], report: Report, taken: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    """`clients` from the lines that admit by address, named apart from the names in `taken`
+    (the users': a client and a user may not share a name, and squid.conf may give a src acl
+    the name of a user).
 
     A connection belongs to one client only (the first that matches), so the source addresses
     are cut into regions that the same lines admit; each region is one client bound to those
@@ -295,7 +303,7 @@ def _admission(named_terms: Sequence[tuple[Term, str]], report: Report) -> list[
     # of exactly its lines first, and a line's networks are written as squid.conf wrote them.
     line_sets = sorted({lines for _, lines in regions if lines}, key=lambda ls: (-len(ls), ls))
     clients: list[dict[str, Any]] = []
-    used: set[str] = set()
+    used = set(taken)
     for lines in line_sets:
         blocks: tuple[IPNetwork, ...] = ANYWHERE
         for i in lines:
