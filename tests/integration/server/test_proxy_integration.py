@@ -88,6 +88,7 @@ def test_curl_with_proxy_user(
     ok = curl(*common, "--proxy-user", f"sensor2:{PASSWORD}", url)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout == "hello from the origin\n"
+    proxy.access_records(expect=1)  # logged before the next request: records are read in order
     bad = curl(
         *common, "--proxy-user", "sensor2:wrong", "-o", "/dev/null", "-w", "%{http_code}", url
     )
