@@ -39,10 +39,21 @@ LOOPBACK_OK_DENY = ["0.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4"]  # default min
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` different free ports: each is held while the next is chosen, since the kernel
+    may hand out a just-released port again (a proxy once got its metrics port equal to its
+    listener's that way, and refused its config)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    with contextlib.ExitStack() as held:
+        ports = []
+        for _ in range(count):
+            s = held.enter_context(socket.socket(family, socket.SOCK_STREAM))
+            s.bind((host, 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
 def pattern(n: int, seed: int = 0) -> Iterator[bytes]:
@@ -215,8 +226,7 @@ class ProxyProcess:
     preexec: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
-        self.port = free_port()
-        self.metrics_port = free_port()
+        self.port, self.metrics_port = free_ports(2)
         self.config.setdefault("listen", [f"127.0.0.1:{self.port}"])
         self.config.setdefault("metrics", {"listen": f"127.0.0.1:{self.metrics_port}"})
         log = self.config.setdefault("log", {})

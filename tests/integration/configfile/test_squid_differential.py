@@ -112,7 +112,7 @@ from tests.squid_differential import (
     squid_decides,
     why_stricter,
 )
-from tests.support import free_port
+from tests.support import free_ports
 
 SQUID = "/usr/sbin/squid"
 HTPASSWD = shutil.which("htpasswd")
@@ -480,8 +480,9 @@ async def run_all(seeds: list[int], rundir: Path) -> list[Outcome]:
     parent = RecordingParent()
     await parent.start()
     auth_file = rundir / "passwd"
-    squid = Squid(rundir / "squid.conf", rundir, free_port())
-    dropin = Dropin(rundir / "connectproxy.conf", rundir, free_port())
+    squid_port, dropin_port = free_ports(2)
+    squid = Squid(rundir / "squid.conf", rundir, squid_port)
+    dropin = Dropin(rundir / "connectproxy.conf", rundir, dropin_port)
     tail = TAIL.format(parent=parent.port, rundir=rundir)
     asked = requests()
     limits = (asyncio.Semaphore(IN_FLIGHT), asyncio.Semaphore(IN_FLIGHT))

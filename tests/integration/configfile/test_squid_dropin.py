@@ -46,7 +46,7 @@ from typing import Any
 import pytest
 
 from tests.support import DATA as SUPPORT_DATA
-from tests.support import ThreadedServer, free_port, status_of
+from tests.support import ThreadedServer, free_port, free_ports, status_of
 
 DATA = SUPPORT_DATA / "squid"
 AZURE = DATA / "azure-proxy.conf"
@@ -358,7 +358,7 @@ def side_by_side(
         .replace("@RUNDIR@", str(rundir))
     )
     text = source.read_text()
-    squid_port, dropin_port = free_port(), free_port()
+    squid_port, dropin_port = free_ports(2)
     squid_conf = rundir / f"squid-{source.stem}.conf"
     dropin_conf = rundir / f"connectproxy-{source.stem}.conf"
     for path, port in ((squid_conf, squid_port), (dropin_conf, dropin_port)):

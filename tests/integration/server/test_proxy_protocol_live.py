@@ -27,7 +27,7 @@ from tests.support import (
     ExternalServer,
     OriginServer,
     ProxyProcess,
-    free_port,
+    free_ports,
     metric,
     read_exactly,
     read_head,
@@ -59,7 +59,7 @@ def stack(make_proxy: ProxyFactory, origin: OriginServer, ca: trustme.CA, tmp_pa
         "destinations": {"hosts": {SENSOR: "127.0.0.1"}, "deny_networks": LOOPBACK_OK_DENY},
     }
     proxy = make_proxy(config, start=False)
-    v2_port, v2_tls_port = free_port(), free_port()
+    v2_port, v2_tls_port = free_ports(2)
     proxy.config["listen"] = [
         {"address": f"127.0.0.1:{proxy.port}", "proxy_protocol": "v1"},
         {"address": f"127.0.0.1:{v2_port}", "proxy_protocol": "v2"},
@@ -82,7 +82,7 @@ class HAProxy:
 
 @pytest.fixture()
 def haproxy(stack: Stack, tmp_path: Path) -> Iterator[HAProxy]:
-    v1_port, v2_port = free_port(), free_port()
+    v1_port, v2_port = free_ports(2)
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(
         f"""
