@@ -253,7 +253,7 @@ class AccessLog:
         self.on_refusal: Callable[[AccessRecord], None] | None = None
         self.tls_guard = tls_guard
         self._lines: list[str] = []
-        self._file: TextIO = self._open()
+        self._file: TextIO = self._open(self.path)
         self._timestamp = _Timestamps()
 
     def _append(self, line: str) -> None:
@@ -261,8 +261,7 @@ class AccessLog:
         if len(self._lines) >= 512:
             self.flush()
 
-    def _open(self, path: str | None = None) -> TextIO:
-        path = self.path if path is None else path
+    def _open(self, path: str) -> TextIO:
         if path == "-":
             return sys.stdout
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)

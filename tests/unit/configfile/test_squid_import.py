@@ -45,10 +45,14 @@ def load(translation: Translation, path: Path) -> Config:
     return config_from_mapping(translation.mapping, str(path), path.parent)
 
 
-def translated(name: str) -> tuple[Translation, Config]:
-    path = DATA / name
+def imported(path: Path) -> tuple[Translation, Config]:
+    """The translation of a squid.conf and the Config it loads as."""
     translation = translate_file(path)
     return translation, load(translation, path)
+
+
+def translated(name: str) -> tuple[Translation, Config]:
+    return imported(DATA / name)
 
 
 def warnings_at(translation: Translation, file: Path | str, line: int) -> list[str]:
@@ -98,8 +102,7 @@ LOCALHOST = ["127.0.0.1/32", "::1/128"]
 @pytest.mark.parametrize("name", CORPUS)
 def test_every_corpus_file_loads_and_its_yaml_reparses_to_the_same_config(name: str) -> None:
     path = DATA / name
-    translation = translate_file(path)
-    config = load(translation, path)
+    translation, config = imported(path)
     text = translation.to_yaml()
     reparsed = parse_config(text, str(path), path.parent)
     # Only the loader's own warnings differ: the YAML ones carry line numbers.
@@ -192,8 +195,7 @@ def test_chaining_guide_on_this_machines_stock_squid_conf(tmp_path: Path) -> Non
     ],
 )
 def test_debian_stock_config_admits_localhost_only(path: Path) -> None:
-    translation = translate_file(path)
-    config = load(translation, path)
+    translation, config = imported(path)
     assert client_networks(config) == {"localhost": LOCALHOST}
     assert config.allow.ports == frozenset({443})
     assert domains(config) == DEFENDER
@@ -455,8 +457,7 @@ def test_a_password_asked_for_some_hosts_leaves_the_others_to_later_lines(
     shutil.copy(DATA / "passwords", tmp_path / "passwords")
     path = tmp_path / "auth-for-some-sites.conf"
     shutil.copy(DATA / "auth-for-some-sites.conf", path)
-    translation = translate_file(path)
-    config = load(translation, path)
+    translation, config = imported(path)
     sensor = Source(ip_address("10.1.2.3"), 0)
     hub, updates = (
         parse_target("x.azure-devices.net:443"),
@@ -478,8 +479,7 @@ def test_a_password_asked_for_the_same_hosts_is_taken_away_and_warned(tmp_path: 
     shutil.copy(DATA / "passwords", tmp_path / "passwords")
     text = (DATA / "auth-for-some-sites.conf").read_text()
     path = write(tmp_path, "squid.conf", text.replace("allow updates admins", "allow azure admins"))
-    translation = translate_file(path)
-    config = load(translation, path)
+    translation, config = imported(path)
     sensor = Source(ip_address("10.1.2.3"), 0)
     assert not decide(parse_target("x.azure-devices.net:443"), sensor, None, config).allowed
     assert_warning(
@@ -512,8 +512,7 @@ def test_a_password_asked_of_some_sources_for_some_hosts_is_stricter_and_warned(
     path = write(
         tmp_path, "squid.conf", text.replace("allow updates admins", "allow plant updates admins")
     )
-    translation = translate_file(path)
-    config = load(translation, path)
+    translation, config = imported(path)
     outside_plant = Source(ip_address("10.1.9.9"), 0)
     assert decide(parse_target("x.azure-devices.net:443"), outside_plant, None, config).allowed
     assert not decide(
@@ -535,8 +534,7 @@ def test_a_deny_whose_sources_hold_for_the_whole_allow_line_is_exact(tmp_path: P
         "http_access allow sensors sites\n"
         "http_access deny all\n",
     )
-    translation = translate_file(path)
-    config = load(translation, path)
+    translation, config = imported(path)
     assert domains(config) == [".azure-devices.net"]
     assert not warnings_at(translation, path, 4)
     assert not any("stricter" in w for w in warnings_at(translation, path, 5))
@@ -559,8 +557,7 @@ def test_a_src_acl_named_like_a_user_gives_a_client_of_another_name(tmp_path: Pa
         "http_access allow admins updates\n"
         "http_access deny all\n",
     )
-    translation = translate_file(path)
-    config = load(translation, path)
+    _, config = imported(path)
     assert [c.name for c in config.clients] == ["alice-2"]
     assert [u.name for u in config.users] == ["alice"]
     sensor = Source(ip_address("10.1.2.3"), 0)
@@ -582,8 +579,7 @@ def test_a_deny_with_an_exception_leaves_the_excepted_hosts_to_a_later_line(
         "http_access allow sensors azure\n"
         "http_access deny all\n",
     )
-    translation = translate_file(path)
-    config = load(translation, path)
+    translation, config = imported(path)
     assert domains(config) == ["plant-hub.azure-devices.net"]
     sensor = Source(ip_address("10.1.2.3"), 0)
     assert decide(parse_target("plant-hub.azure-devices.net:443"), sensor, None, config).allowed

@@ -546,15 +546,13 @@ def _subtract_dimension(allowed: Match, refused: Match, dimension: str) -> Match
     if allowed.domains is None:
         return replace(allowed, except_domains=(*allowed.except_domains, *refused.domains))
     taken_back = refused.except_domains
-    remaining = unique_patterns(
-        kept
-        for a in allowed.domains
-        for kept in (
-            intersect_patterns((a,), taken_back)
-            if any(covers(r, a) for r in refused.domains)
-            else (a,)
-        )
-    )
+    left: list[DomainPattern] = []
+    for a in allowed.domains:
+        if any(covers(r, a) for r in refused.domains):
+            left.extend(intersect_patterns((a,), taken_back))
+        else:
+            left.append(a)
+    remaining = unique_patterns(left)
     inside = tuple(
         r
         for r in refused.domains
