@@ -16,6 +16,7 @@ import asyncio
 import socket
 from pathlib import Path
 
+import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
@@ -37,17 +38,19 @@ def exchange(sock: socket.socket) -> tuple[int, bytes]:
         return status, echoed
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 async def test_clients_queued_when_draining_starts_are_served(
-    origin: OriginServer, tmp_path: Path
+    origin: OriginServer, tmp_path: Path, host: str
 ) -> None:
-    port = free_port()
-    settings = config_for(origin.port, listen=[f"127.0.0.1:{port}"], metrics={"listen": None})
+    port = free_port(host)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    settings = config_for(origin.port, listen=[address], metrics={"listen": None})
     config = parse_config(yaml.safe_dump(settings), "drain.yaml", tmp_path)
     server = Server(build_loaded(config), Metrics(CollectorRegistry()), AccessLog(config.log))
     server.start()
     clients = []
     for _ in range(QUEUED):  # the loop does not run here, so nothing accepts them yet
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock = socket.create_connection((host, port), timeout=10)
         sock.sendall(f"CONNECT {SENSOR}:{origin.port} HTTP/1.1\r\n\r\nE".encode())
         clients.append(sock)
     assert server.connections == 0
@@ -57,5 +60,5 @@ async def test_clients_queued_when_draining_starts_are_served(
     assert await answers == [(200, b"E")] * QUEUED
     assert not server.listening
     # Once drained, the port refuses: a balancer retries a refused connection elsewhere.
-    with socket.socket() as late:
-        assert late.connect_ex(("127.0.0.1", port)) != 0
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as late:
+        assert late.connect_ex((host, port)) != 0
